@@ -1,0 +1,317 @@
+"""The Ray-style module-level API: ``init``, ``get``, ``put``, ``wait``, ``remote``, ...
+
+Every function here is a thin layer over the current :class:`~graphexec.client.client.Client`
+(``graphexec/_context.py``). Argument checking happens here, with messages that say what
+to do instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+from graphexec._context import current_client, set_current_client
+from graphexec.client.client import Client
+from graphexec.client.refs import ObjectRef
+from graphexec.client.remote import RemoteFunction
+from graphexec.client.session import LocalCluster
+from graphexec.graph.options import DEFAULT_OPTIONS
+
+__all__ = [
+    "RuntimeContext", "available_resources", "cancel", "cluster_resources", "compute",
+    "get", "get_runtime_context", "init", "is_initialized", "nodes", "persist", "put",
+    "remote", "shutdown", "submit", "wait",
+]
+
+T = TypeVar("T")
+
+_INIT_KEYWORDS = (
+    "address", "num_cpus", "num_gpus", "resources", "object_store_memory", "memory",
+    "include_dashboard", "dashboard_port", "dashboard_host", "namespace", "log_to_driver",
+    "ignore_reinit_error", "eager", "logging_level", "runtime_env", "_validate",
+)
+
+_session_lock = threading.Lock()
+_session: dict[str, Any] = {}
+
+
+@dataclass
+class RuntimeContext:
+    """What ``init()`` returns and ``get_runtime_context()`` reports."""
+
+    address: str
+    dashboard_url: str | None = None
+    node_id: str | None = None
+    namespace: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:  # Ray returns a dict-like context
+        return getattr(self, name)
+
+    def get_node_id(self) -> str | None:
+        return self.node_id
+
+    @property
+    def gcs_address(self) -> str:
+        return self.address
+
+
+def init(address: str | None = None, **kwargs: Any) -> RuntimeContext:
+    """Start a local cluster (no address) or connect to one, and make it current.
+
+    Parameters
+    ----------
+    address : str, optional
+        ``"host:port"`` / ``"tcp://host:port"`` of a running scheduler, or ``"auto"``
+        for the cluster started on this machine. ``None`` starts a local cluster.
+    num_cpus, num_gpus, resources, object_store_memory
+        Resources of the local cluster's node (defaults: this machine's CPUs).
+    eager : bool
+        Submit every ``.remote()`` call at once (Ray semantics) instead of lazily.
+    ignore_reinit_error : bool
+        Make a second ``init()`` a no-op instead of an error.
+
+    Examples
+    --------
+    >>> import graphexec
+    >>> ctx = graphexec.init(num_cpus=2)          # doctest: +SKIP
+    >>> graphexec.shutdown()                       # doctest: +SKIP
+    """
+    unknown = sorted(set(kwargs) - set(_INIT_KEYWORDS))
+    if unknown:
+        raise TypeError(f"init() got unknown keyword(s) {unknown}; valid keywords are "
+                        f"{', '.join(k for k in _INIT_KEYWORDS if not k.startswith('_'))}")
+    with _session_lock:
+        if _session:
+            if kwargs.get("ignore_reinit_error"):
+                return _session["context"]  # type: ignore[no-any-return]
+            raise RuntimeError("graphexec.init() was already called in this process; call "
+                               "graphexec.shutdown() first, or pass ignore_reinit_error=True")
+        cluster = None
+        token = os.environ.get("GRAPHEXEC_TOKEN", "")
+        if address is None:
+            resources = dict(kwargs.get("resources") or {})
+            cluster = LocalCluster.start(
+                num_cpus=kwargs.get("num_cpus"), num_gpus=kwargs.get("num_gpus"),
+                resources=resources, memory=kwargs.get("memory"),
+                validate=bool(kwargs.get("_validate")))
+            address, token = cluster.address, cluster.token
+        else:
+            address = _resolve_address(address)
+            if not token:
+                raise ValueError("connecting to a running cluster needs its token: set the "
+                                 "GRAPHEXEC_TOKEN environment variable")
+        client = Client(address, token=token, eager=bool(kwargs.get("eager", False)))
+        try:
+            client.start_in_thread()
+            if cluster is not None:
+                _wait_for_node(client)
+        except BaseException:
+            client.close()
+            if cluster is not None:
+                cluster.stop()
+            raise
+        context = RuntimeContext(address=address.removeprefix("tcp://"),
+                                 namespace=kwargs.get("namespace"))
+        _session.update(client=client, cluster=cluster, context=context)
+        set_current_client(client)
+        atexit.register(shutdown)
+        return context
+
+
+def _resolve_address(address: str) -> str:
+    if address == "auto":
+        address = os.environ.get("GRAPHEXEC_ADDRESS", "")
+        if not address:
+            raise ConnectionError("init(address='auto') found no running cluster: set "
+                                  "GRAPHEXEC_ADDRESS, or call init() to start a local one")
+    return address if "://" in address else f"tcp://{address}"
+
+
+def _wait_for_node(client: Client, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.request({"op": "cluster-info"}, timeout=timeout)
+        if info["nodes"]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("the local cluster's node manager did not register in time")
+        time.sleep(0.005)
+
+
+def shutdown() -> None:
+    """Disconnect and stop the local cluster (if this process started one)."""
+    with _session_lock:
+        if not _session:
+            return
+        client: Client = _session.pop("client")
+        cluster: LocalCluster | None = _session.pop("cluster")
+        _session.clear()
+        set_current_client(None)
+        try:
+            client.close()
+        finally:
+            if cluster is not None:
+                cluster.stop()
+        atexit.unregister(shutdown)
+
+
+def is_initialized() -> bool:
+    return bool(_session) or current_client(required=False) is not None
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """``@remote`` or ``@remote(num_cpus=..., num_returns=..., ...)`` on a function."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("use @graphexec.remote or @graphexec.remote(option=value, ...)")
+    DEFAULT_OPTIONS.merge(**options)  # validate now, at decoration time
+    return lambda fn: _make_remote(fn, options)
+
+
+def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
+    if inspect.isclass(obj):
+        raise NotImplementedError(
+            "actors (@remote on a class) are not available yet in this version of graphexec")
+    return RemoteFunction(obj, DEFAULT_OPTIONS.merge(**options))
+
+
+def _check_refs(value: Any, what: str) -> list[ObjectRef[Any]]:
+    items = value if isinstance(value, (list, tuple)) else None
+    if items is None:
+        raise TypeError(f"{what} expects an ObjectRef or a list of ObjectRefs, got "
+                        f"{type(value).__name__}")
+    for item in items:
+        if not isinstance(item, ObjectRef):
+            raise TypeError(f"{what} expects ObjectRefs, got an element of type "
+                            f"{type(item).__name__}; pass the refs returned by .remote() "
+                            "or put()")
+    return list(items)
+
+
+@overload
+def get(refs: ObjectRef[T], *, timeout: float | None = None) -> T: ...
+@overload
+def get(refs: Sequence[ObjectRef[Any]], *, timeout: float | None = None) -> list[Any]: ...
+
+
+def get(refs: Any, *, timeout: float | None = None) -> Any:
+    """Submit what is needed, wait, and return the value(s); raises the task's error.
+
+    Raises ``GetTimeoutError`` (which says why the objects are not ready) after
+    ``timeout`` seconds.
+    """
+    if isinstance(refs, ObjectRef):
+        return _client_of(refs).gather([refs], timeout)[0]
+    items = _check_refs(refs, "get()")
+    if not items:
+        return []
+    return _client_of(items[0]).gather(items, timeout)
+
+
+def _client_of(ref: ObjectRef[Any]) -> Client:
+    client = current_client()
+    if ref._client is not None and ref._client is not client and ref._client._closed:
+        raise RuntimeError(f"{ref} belongs to a graphexec session that was shut down")
+    return client  # type: ignore[no-any-return]
+
+
+def wait(refs: Sequence[ObjectRef[Any]], *, num_returns: int = 1,
+         timeout: float | None = None, fetch_local: bool = True
+         ) -> tuple[list[ObjectRef[Any]], list[ObjectRef[Any]]]:
+    """Return ``(ready, not_ready)`` once ``num_returns`` refs are done or at ``timeout``.
+
+    ``ready`` is in completion order (Ray returns input order; documented difference).
+    """
+    items = _check_refs(refs, "wait()")
+    if not 0 <= num_returns <= len(items):
+        raise ValueError(f"num_returns must be between 0 and {len(items)} (the number of "
+                         f"refs), got {num_returns}")
+    if num_returns == 0 or not items:
+        return [], list(items)
+    by_key: dict[str, ObjectRef[Any]] = {}
+    for ref in items:
+        by_key.setdefault(ref.key, ref)
+    done, pending = current_client().wait(items, num_returns, timeout)
+    return [by_key[k] for k in done], [by_key[k] for k in pending]
+
+
+def put(value: Any) -> ObjectRef[Any]:
+    """Store ``value`` in the cluster now and return its ref."""
+    if isinstance(value, ObjectRef):
+        raise TypeError("put() of an ObjectRef is not allowed: pass the ref itself to tasks")
+    return current_client().put(value)  # type: ignore[no-any-return]
+
+
+def compute(*refs: Any, timeout: float | None = None) -> tuple[Any, ...]:
+    """Dask-style: compute several refs together, return a tuple of values."""
+    items = _check_refs(list(refs), "compute()")
+    return tuple(current_client().gather(items, timeout)) if items else ()
+
+
+def persist(*refs: ObjectRef[Any]) -> tuple[ObjectRef[Any], ...] | ObjectRef[Any]:
+    """Start computing in the background; returns the same refs at once."""
+    items = _check_refs(list(refs), "persist()")
+    current_client().submit(items)
+    return items[0] if len(items) == 1 else tuple(items)
+
+
+submit = persist
+
+
+def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel a pending or running task; ``get`` on it raises ``TaskCancelledError``."""
+    _check_refs([ref], "cancel()")
+    client = current_client()
+    client.submit([ref])
+    client._send({"op": "cancel", "keys": [ref.key], "force": force})
+
+
+def cluster_resources() -> dict[str, float]:
+    return current_client().request({"op": "cluster-info"})["cluster_resources"]  # type: ignore[no-any-return]
+
+
+def available_resources() -> dict[str, float]:
+    return current_client().request({"op": "cluster-info"})["available_resources"]  # type: ignore[no-any-return]
+
+
+def nodes() -> list[dict[str, Any]]:
+    """One dict per node: ``NodeID``, ``Alive``, ``Resources`` and more (Ray's keys)."""
+    info = current_client().request({"op": "cluster-info"})
+    out = []
+    for node in info["nodes"]:
+        out.append({"NodeID": node["node_id"], "Alive": node["alive"],
+                    "NodeManagerAddress": node["host"], "Resources": node["resources"],
+                    "Workers": node["workers"], "Pid": node["pid"]})
+    return out
+
+
+def cluster_info() -> dict[str, Any]:
+    """Everything the scheduler reports about the cluster (processes, tasks by state)."""
+    return current_client().request({"op": "cluster-info"})  # type: ignore[no-any-return]
+
+
+def get_runtime_context() -> RuntimeContext:
+    ctx = _session.get("context")
+    if ctx is not None:
+        return ctx  # type: ignore[no-any-return]
+    client = current_client()
+    return RuntimeContext(address=client.scheduler_address.removeprefix("tcp://"))
+
+
+async def _await_ref(ref: ObjectRef[Any]) -> Any:
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, get, ref)
+
+
+
+

@@ -1,0 +1,526 @@
+"""The client: submits lazy graphs, tracks refs, waits for and fetches results.
+
+Threads: the client's connection lives on an asyncio event loop -- its own daemon
+thread in the driver (``Client.start_in_thread``), or the worker's loop in a worker
+process (nested tasks). Public methods are called from user threads; they hand ops to
+the loop with ``call_soon_threadsafe`` and wait on threading primitives. All shared
+state (refcounts, results, waiters) is guarded by one lock.
+
+Submission (``submit``): walk the lazy nodes behind the given refs, optimize the graph
+(cull, inline, fuse, order), encode each node once and send one ``update-graph``. The
+keys this process still references are sent as *wants*; everything else in the graph is
+an intermediate that the scheduler may free as soon as its dependents are done.
+
+Results: small values arrive inline with ``key-in-memory`` and are kept until the last
+ref to the key is dropped; large ones are fetched from the worker holding them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from graphexec import errors
+from graphexec.client.refs import LazyRef, ObjectRef
+from graphexec.comm import connect
+from graphexec.comm.batched import BatchedSend, ConnectionPool, split_frames
+from graphexec.comm.core import Comm
+from graphexec.errors import CommClosedError, GetTimeoutError, SchedulerLostError
+from graphexec.graph.keys import key_name
+from graphexec.graph.optimize import optimize
+from graphexec.graph.task import Fused, Task
+from graphexec.protocol import serialize as ser
+from graphexec.protocol.tasks import FunctionRegistry, dumps_task
+
+__all__ = ["Client"]
+
+INLINE_PUT_BYTES = 100 * 1024
+
+
+class _KeyResult:
+    __slots__ = ("status", "inline", "who_has", "exception", "origin", "nbytes")
+
+    def __init__(self) -> None:
+        self.status = "pending"
+        self.inline: list[bytes] | None = None
+        self.who_has: list[str] = []
+        self.exception: dict[str, Any] | None = None
+        self.origin = ""
+        self.nbytes = 0
+
+
+class _Waiter:
+    """Wakes a user thread once ``target`` of its keys are done."""
+
+    __slots__ = ("remaining", "event", "order")
+
+    def __init__(self, remaining: int) -> None:
+        self.remaining = remaining
+        self.event = threading.Event()
+        self.order: list[str] = []
+
+
+class Client:
+    def __init__(self, scheduler_address: str, *, token: str, eager: bool = False) -> None:
+        self.scheduler_address = scheduler_address
+        self.token = token
+        self.eager = eager
+        self.id = f"client-{uuid.uuid4().hex[:12]}"
+        self.functions = FunctionRegistry()
+        self._sent_functions: set[str] = set()
+        self._lock = threading.RLock()
+        self._counts: dict[str, int] = {}
+        self._submitted: set[str] = set()
+        self._results: dict[str, _KeyResult] = {}
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._release_queue: list[str] = []
+        self._rids = itertools.count()
+        self._responses: dict[int, asyncio.Future[Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._comm: Comm | None = None
+        self._batched: BatchedSend | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pool = ConnectionPool(token)
+        self._lost: BaseException | None = None
+        self._closed = False
+        #: hooks set inside workers: a task blocking in get lends its CPU
+        self.on_block: Callable[[bool], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start_in_thread(self, timeout: float = 10.0) -> None:
+        """Run the client's loop on its own daemon thread and connect (driver)."""
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="graphexec-client-io",
+                                        daemon=True)
+        self._thread.start()
+        self._loop = loop
+        try:
+            asyncio.run_coroutine_threadsafe(self.start_async(), loop).result(timeout)
+        except BaseException:
+            self._stop_thread()
+            raise
+
+    async def start_async(self) -> None:
+        """Connect on the running loop (used directly inside workers)."""
+        self._loop = asyncio.get_running_loop()
+        self._comm = await connect(self.scheduler_address, token=self.token)
+        self._batched = BatchedSend(self._comm)
+        self._batched.send({"op": "register-client", "client": self.id})
+        self._reader = asyncio.ensure_future(self._read())
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        if self._loop is not None and self._loop.is_running() and self._thread is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.close_async(), self._loop).result(timeout)
+        self._closed = True
+        self._stop_thread()
+
+    async def close_async(self) -> None:
+        self._closed = True
+        if self._batched is not None:
+            self._flush_releases()
+            await self._batched.close(timeout=1.0)
+        if self._comm is not None:
+            await self._comm.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        await self._pool.close()
+        self._fail_all(SchedulerLostError("the client was closed"))
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._loop.close()
+            self._thread = None
+
+    # ------------------------------------------------------------------ refcounts
+
+    def _incref(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _decref(self, key: str) -> None:
+        with self._lock:
+            n = self._counts.get(key, 0) - 1
+            if n > 0:
+                self._counts[key] = n
+                return
+            self._counts.pop(key, None)
+            self._results.pop(key, None)
+            if key in self._submitted:
+                self._submitted.discard(key)
+                self._release_queue.append(key)
+                if len(self._release_queue) == 1 and self._loop is not None:
+                    with contextlib.suppress(RuntimeError):
+                        self._loop.call_soon_threadsafe(self._flush_releases)
+
+    def _flush_releases(self) -> None:
+        with self._lock:
+            keys, self._release_queue = self._release_queue, []
+        if keys and self._batched is not None and not self._lost:
+            with contextlib.suppress(CommClosedError):
+                self._batched.send({"op": "release-keys", "keys": keys})
+
+    # ------------------------------------------------------------------ submission
+
+    def submit(self, refs: Iterable[ObjectRef[Any]]) -> None:
+        """Send the not-yet-submitted graph behind ``refs`` to the scheduler."""
+        self._check_alive()
+        graph: dict[str, Any] = {}
+        lazy: list[LazyRef] = []
+        external: list[str] = []
+        roots: list[str] = []
+        stack: list[Any] = []
+        refs_list = list(refs)
+        with self._lock:
+            for ref in refs_list:
+                roots.append(ref.key)
+                stack.append(ref)
+            while stack:
+                ref = stack.pop()
+                key = ref.key
+                if key in graph or key in self._submitted:
+                    if isinstance(ref, LazyRef):
+                        lazy.append(ref)
+                    continue
+                node = ref._node
+                if node is None:
+                    if key not in self._results:
+                        external.append(key)
+                    continue
+                graph[key] = node
+                if isinstance(ref, LazyRef):
+                    lazy.append(ref)
+                for dep in _lazy_refs_of(node):
+                    stack.append(dep)
+        if external:
+            self._want(external)
+        if not graph:
+            return
+        for ref in lazy:
+            ref.consume()
+        with self._lock:
+            wants = [k for k in graph if self._counts.get(k, 0) > 0]
+            self._submitted.update(wants)
+            for key in wants:
+                self._results.setdefault(key, _KeyResult())
+        optimized, priorities = optimize(graph, wants)
+        tasks = [self._encode(node, priorities.get(key, 0)) for key, node in optimized.items()]
+        functions = {}
+        for fid, blob in self.functions.blobs.items():
+            if fid not in self._sent_functions:
+                functions[fid] = blob
+                self._sent_functions.add(fid)
+        self._send({"op": "update-graph", "tasks": tasks, "wants": wants,
+                    "functions": functions})
+        for ref in refs_list:
+            ref._node = None  # submitted: the scheduler holds the graph now
+
+    def _encode(self, node: Any, priority: int) -> dict[str, Any]:
+        last = node.nodes[-1] if isinstance(node, Fused) else node
+        inner = node.nodes if isinstance(node, Fused) else (node,)
+        fids = []
+        for n in inner:
+            if isinstance(n, Task):
+                fid = self.functions.lookup(n.func)
+                if fid is not None and fid not in fids:
+                    fids.append(fid)
+        options = last.options
+        return {
+            "key": node.key, "payload": dumps_task(node, self.functions),
+            "deps": list(node.dependencies), "fids": fids, "prefix": key_name(node.key),
+            "priority": priority, "demand": options.demand(), "retries": options.max_retries,
+        }
+
+    def _want(self, keys: list[str]) -> None:
+        with self._lock:
+            keys = [k for k in keys if k not in self._submitted]
+            self._submitted.update(keys)
+            for key in keys:
+                self._results.setdefault(key, _KeyResult())
+        if keys:
+            self._send({"op": "want-keys", "keys": keys})
+
+    def put(self, value: Any) -> ObjectRef[Any]:
+        self._check_alive()
+        frames = ser.serialize(value)
+        key = f"put-{uuid.uuid4().hex}"
+        ref: ObjectRef[Any] = ObjectRef(key, None, self)
+        nbytes = ser.frames_nbytes(frames)
+        with self._lock:
+            self._submitted.add(key)
+            result = self._results[key] = _KeyResult()
+            if nbytes <= INLINE_PUT_BYTES:
+                result.status = "memory"
+                result.inline = [bytes(f) for f in frames]
+                result.nbytes = nbytes
+        self._send({"op": "put", "key": key, "inline_limit": INLINE_PUT_BYTES}, frames)
+        return ref
+
+    # ------------------------------------------------------------------ results
+
+    def gather(self, refs: Sequence[ObjectRef[Any]], timeout: float | None = None) -> list[Any]:
+        """Submit, wait for every ref, return the values (raising the first error)."""
+        self.submit(refs)
+        keys = [r.key for r in refs]
+        self._wait_for(keys, len(set(keys)), timeout)
+        return [self._value(key) for key in keys]
+
+    def wait(self, refs: Sequence[ObjectRef[Any]], num_returns: int,
+             timeout: float | None) -> tuple[list[str], list[str]]:
+        """Keys done (in completion order) once ``num_returns`` are, or at the timeout."""
+        self.submit(refs)
+        keys = list(dict.fromkeys(r.key for r in refs))
+        waiter = self._wait_for(keys, num_returns, timeout, raise_timeout=False)
+        done = waiter.order[:num_returns] if waiter else []
+        if waiter is None:  # all were already done: completion order unknown, keep input
+            done = keys[:num_returns]
+        done_set = set(done)
+        return done, [k for k in keys if k not in done_set]
+
+    def _wait_for(self, keys: list[str], target: int, timeout: float | None,
+                  *, raise_timeout: bool = True) -> _Waiter | None:
+        with self._lock:
+            pending = []
+            for key in dict.fromkeys(keys):
+                result = self._results.get(key)
+                if result is None or result.status == "pending":
+                    pending.append(key)
+            done_count = len(set(keys)) - len(pending)
+            if done_count >= target:
+                return None
+            waiter = _Waiter(target - done_count)
+            for key in pending:
+                self._waiters.setdefault(key, []).append(waiter)
+        self._check_alive()
+        blocked = self.on_block is not None
+        if blocked:
+            self.on_block(True)  # type: ignore[misc]
+        try:
+            finished = waiter.event.wait(timeout)
+        finally:
+            if blocked:
+                self.on_block(False)  # type: ignore[misc]
+        if self._lost is not None and not finished:
+            raise SchedulerLostError(str(self._lost)) from self._lost
+        if not finished:
+            with self._lock:
+                for key in pending:
+                    lst = self._waiters.get(key)
+                    if lst and waiter in lst:
+                        lst.remove(waiter)
+            if raise_timeout:
+                raise GetTimeoutError(self._timeout_message(pending, timeout))
+        return waiter
+
+    def _timeout_message(self, pending: list[str], timeout: float | None) -> str:
+        head = f"get() timed out after {timeout} s with {len(pending)} object(s) not ready"
+        try:
+            reasons = self.request({"op": "explain-pending", "keys": pending[:5]}, timeout=2)
+        except Exception:  # the explanation is a courtesy; the timeout is the error
+            return head
+        lines = [f"  {key}: {why}" for key, why in reasons.items()]
+        return head + ":\n" + "\n".join(lines)
+
+    def _value(self, key: str) -> Any:
+        with self._lock:
+            result = self._results.get(key)
+        if result is None:
+            raise errors.ObjectLostError(f"object {key} was released")
+        if result.status == "erred":
+            raise _make_error(result.exception or {}, result.origin or key)
+        if result.inline is not None:
+            return ser.deserialize(result.inline)
+        frames = self._run(self._fetch(key, result.who_has))
+        return ser.deserialize(frames)
+
+    async def _fetch(self, key: str, who_has: list[str]) -> list[Any]:
+        last: BaseException | None = None
+        for address in who_has:
+            try:
+                ops, frames = await self._pool.request(address, {"op": "get-data",
+                                                                 "keys": [key]})
+            except (CommClosedError, OSError) as err:
+                last = err
+                continue
+            for op, op_frames in split_frames(ops, frames):
+                if op.get("key") == key and op.get("status") == "ok":
+                    return op_frames
+        raise errors.ObjectLostError(f"object {key} could not be fetched from {who_has}: "
+                                     f"{last or 'not found'}")
+
+    # ------------------------------------------------------------------ scheduler link
+
+    async def _read(self) -> None:
+        assert self._comm is not None
+        try:
+            while True:
+                ops, frames = await self._comm.read()
+                self._handle_batch(ops)
+        except CommClosedError as err:
+            if not self._closed:
+                self._fail_all(SchedulerLostError(
+                    f"lost the connection to the scheduler at {self.scheduler_address}: {err}"))
+
+    def _handle_batch(self, ops: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for op in ops:
+                name = op.get("op")
+                if name == "key-in-memory" or name == "key-erred":
+                    self._on_key(op)
+                elif name == "response":
+                    fut = self._responses.pop(op["rid"], None)
+                    if fut is not None and not fut.done():
+                        if "error" in op:
+                            fut.set_exception(RuntimeError(op["error"]))
+                        else:
+                            fut.set_result(op.get("result"))
+
+    def _on_key(self, op: dict[str, Any]) -> None:
+        key = op["key"]
+        result = self._results.get(key)
+        if result is None:
+            return  # released meanwhile
+        if op["op"] == "key-in-memory":
+            result.status = "memory"
+            result.inline = op.get("inline")
+            result.who_has = op.get("who_has", [])
+            result.nbytes = op.get("nbytes", 0)
+        else:
+            result.status = "erred"
+            result.exception = op.get("exception")
+            result.origin = op.get("origin", key)
+        for waiter in self._waiters.pop(key, ()):
+            waiter.order.append(key)
+            waiter.remaining -= 1
+            if waiter.remaining <= 0:
+                waiter.event.set()
+
+    def _fail_all(self, err: BaseException) -> None:
+        self._lost = err
+        with self._lock:
+            waiters = [w for ws in self._waiters.values() for w in ws]
+            self._waiters.clear()
+        for waiter in waiters:
+            waiter.event.set()
+        for fut in list(self._responses.values()):
+            if not fut.done():
+                fut.set_exception(SchedulerLostError(str(err)))
+        self._responses.clear()
+
+    def _check_alive(self) -> None:
+        if self._lost is not None:
+            raise SchedulerLostError(str(self._lost)) from self._lost
+        if self._closed:
+            raise RuntimeError("this graphexec client was shut down; call graphexec.init()")
+
+    def _send(self, op: dict[str, Any], frames: Sequence[Any] = ()) -> None:
+        assert self._loop is not None
+        batched = self._batched
+
+        def send() -> None:
+            if batched is not None and not self._lost:
+                with contextlib.suppress(CommClosedError):
+                    batched.send(op, frames)
+
+        if self._in_loop_thread():
+            send()
+        else:
+            self._loop.call_soon_threadsafe(send)
+
+    def _in_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        assert self._loop is not None
+        if self._in_loop_thread():
+            coro.close()
+            raise RuntimeError("blocking graphexec calls cannot run on the event loop thread")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def request(self, op: dict[str, Any], timeout: float | None = 10.0) -> Any:
+        """Send an op with a request id and wait for the scheduler's response."""
+        self._check_alive()
+        assert self._loop is not None
+        rid = next(self._rids)
+        op["rid"] = rid
+
+        async def ask() -> Any:
+            fut = asyncio.get_running_loop().create_future()
+            self._responses[rid] = fut
+            self._send(op)
+            return await fut
+
+        start = time.monotonic()
+        try:
+            return self._run(asyncio.wait_for(ask(), timeout))
+        except (asyncio.TimeoutError, TimeoutError) as err:
+            waited = time.monotonic() - start
+            raise GetTimeoutError(f"no answer to {op['op']!r} in {waited:.1f} s") from err
+
+
+def _lazy_refs_of(node: Any) -> list[Any]:
+    out: list[Any] = []
+    nodes = node.nodes if isinstance(node, Fused) else (node,)
+    for n in nodes:
+        if isinstance(n, Task):
+            _collect(n.args, out)
+            if n.kwargs:
+                _collect(n.kwargs, out)
+    return out
+
+
+def _collect(obj: Any, out: list[Any]) -> None:
+    typ = type(obj)
+    if typ is LazyRef or typ is ObjectRef:
+        out.append(obj)
+    elif typ is list or typ is tuple:
+        for x in obj:
+            if type(x) not in _PLAIN:
+                _collect(x, out)
+    elif typ is dict:
+        for x in obj.values():
+            if type(x) not in _PLAIN:
+                _collect(x, out)
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+_ERRORS: dict[str, type[Exception]] = {
+    "TaskCancelledError": errors.TaskCancelledError,
+    "WorkerCrashedError": errors.WorkerCrashedError,
+    "ObjectLostError": errors.ObjectLostError,
+    "KeyError": errors.ObjectLostError,
+    "ActorDiedError": errors.ActorDiedError,
+}
+
+
+def _make_error(exc: dict[str, Any], origin: str) -> BaseException:
+    pickled = exc.get("pickled")
+    if pickled:
+        try:
+            cause, tb = ser.loads_exception(pickled)
+        except Exception:  # the class may not import here: keep the text
+            cause, tb = RuntimeError(f"{exc.get('type')}: {exc.get('message')}"), exc.get(
+                "traceback", "")
+        return errors.TaskError(exc.get("function", ""), tb, cause,
+                                key=origin).as_instanceof_cause()
+    cls = _ERRORS.get(exc.get("type", ""), errors.GraphexecError)
+    return cls(exc.get("message", "task failed"))

@@ -1,0 +1,90 @@
+"""Starting and stopping a local cluster, and connecting the driver's client.
+
+``LocalCluster.start`` launches the scheduler and one node manager as child processes
+*in parallel*: the driver binds the scheduler's port itself and hands the listening
+socket to the scheduler process, so the node manager and the client can connect at once
+(their connections wait in the socket's backlog while the scheduler imports). The node
+manager starts its workers in parallel too. That is what keeps ``init()`` to first
+result well under a second.
+
+Shutdown order: the client disconnects; the node manager is asked to stop (it stops its
+workers); then the scheduler; anything that does not exit in time is killed. Every
+server process also exits when the driver dies (``graphexec/_process.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+__all__ = ["LocalCluster"]
+
+
+class LocalCluster:
+    """Scheduler + one node manager as children of this process."""
+
+    def __init__(self, address: str, token: str, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.address = address
+        self.token = token
+        self.procs = procs
+
+    @classmethod
+    def start(cls, *, num_cpus: float | None = None, num_gpus: float | None = None,
+              resources: dict[str, float] | None = None, memory: float | None = None,
+              host: str = "127.0.0.1", validate: bool = False) -> LocalCluster:
+        token = secrets.token_hex(32)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        sock.listen(1024)
+        port = sock.getsockname()[1]
+        address = f"tcp://{host}:{port}"
+        env = dict(os.environ, GRAPHEXEC_TOKEN=token)
+        owner = str(os.getpid())
+        common: dict[str, Any] = {"env": env, "stdin": subprocess.DEVNULL,
+                                  "start_new_session": True}
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            sched_cmd = [sys.executable, "-m", "graphexec.scheduler", "--fd",
+                         str(sock.fileno()), "--owner-pid", owner]
+            if validate:
+                sched_cmd.append("--validate")
+            procs.append(subprocess.Popen(sched_cmd, pass_fds=(sock.fileno(),), **common))
+            node_cmd = [sys.executable, "-m", "graphexec.worker.nodemanager", "--scheduler",
+                        address, "--owner-pid", owner, "--host", host,
+                        "--resources", json.dumps(resources or {})]
+            if num_cpus is not None:
+                node_cmd += ["--num-cpus", str(num_cpus)]
+            if num_gpus is not None:
+                node_cmd += ["--num-gpus", str(num_gpus)]
+            if memory is not None:
+                node_cmd += ["--memory", str(memory)]
+            procs.append(subprocess.Popen(node_cmd, **common))
+        except BaseException:
+            cls(address, token, procs).stop()
+            raise
+        finally:
+            sock.close()
+        return cls(address, token, procs)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Node manager first (it stops its workers), then the scheduler."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in reversed(self.procs):
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs = []

@@ -1,0 +1,247 @@
+"""The scheduler server: a thin shell around :class:`SchedulerState`.
+
+Each connection's first op says who is calling (``register-client``,
+``register-worker``, ``register-node``); every later op is looked up in that role's
+handler table, turned into a state-machine call, and the returned :class:`Send`
+instructions are queued on per-peer :class:`BatchedSend` objects, so everything one
+incoming batch causes goes out as one message per peer.
+
+Requests that need an answer (``cluster-info``, ``explain-pending``, ``put``) carry a
+``rid`` and get a ``response`` op with the same ``rid``.
+
+Shutdown order (``close``): stop listening, tell nodes to stop, close every peer comm,
+cancel the connection handlers this server owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from graphexec.comm import listen
+from graphexec.comm.batched import BatchedSend, split_frames
+from graphexec.comm.core import Comm, Listener
+from graphexec.errors import CommClosedError
+from graphexec.scheduler.state import SchedulerState, Send
+
+__all__ = ["Scheduler"]
+
+logger = logging.getLogger("graphexec.scheduler")
+
+Handler = Callable[[str, dict[str, Any], list[Any]], list[Send]]
+
+
+class Scheduler:
+    """Serve the scheduler on ``address`` (or an adopted listening socket)."""
+
+    def __init__(self, *, token: str, address: str = "tcp://127.0.0.1:0",
+                 sock: socket.socket | None = None, validate: bool = False) -> None:
+        self.token = token
+        self.state = SchedulerState(validate=validate)
+        self._address = address
+        self._sock = sock
+        self._listener: Listener | None = None
+        self.address = ""
+        self._peers: dict[tuple[str, str], BatchedSend] = {}
+        self._comms: set[Comm] = set()
+        self.finished = asyncio.Event()
+        self._closing = False
+        self.start_time = time.time()
+        self._client_handlers: dict[str, Handler] = {
+            "update-graph": self.handle_update_graph,
+            "release-keys": lambda cid, op, _: self.state.handle_release_keys(cid, op["keys"]),
+            "want-keys": lambda cid, op, _: self.state.handle_want_keys(cid, op["keys"]),
+            "put": self.handle_put,
+            "cancel": lambda cid, op, _: self.state.handle_cancel(op["keys"],
+                                                                  force=op.get("force", False)),
+            "cluster-info": self.handle_cluster_info,
+            "explain-pending": self.handle_explain_pending,
+            "shutdown-cluster": self.handle_shutdown_cluster,
+        }
+        self._worker_handlers: dict[str, Handler] = {
+            "task-finished": lambda wid, op, _: self.state.handle_task_finished(
+                wid, op["key"], op["run_id"], op["nbytes"], op.get("inline"),
+                op.get("duration", 0.0)),
+            "task-erred": lambda wid, op, _: self.state.handle_task_erred(
+                wid, op["key"], op["run_id"], op["exception"], op.get("retryable", False)),
+            "task-blocked": lambda wid, op, _: self.state.handle_task_blocked(
+                wid, op["key"], op["blocked"]),
+        }
+        self._node_handlers: dict[str, Handler] = {}
+
+    async def start(self) -> None:
+        self._listener = await listen(self._address, self._handle_comm, token=self.token,
+                                      sock=self._sock)
+        self.address = self._listener.address
+        logger.info("scheduler listening at %s", self.address)
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._listener is not None:
+            self._listener.stop()
+        for (kind, _), batched in list(self._peers.items()):
+            if kind == "node":
+                with contextlib.suppress(CommClosedError):
+                    batched.send({"op": "close"})
+        for batched in list(self._peers.values()):
+            await batched.close(timeout=1.0)
+        for comm in list(self._comms):
+            comm.abort()
+        self.finished.set()
+
+    # ------------------------------------------------------------------ connections
+
+    async def _handle_comm(self, comm: Comm) -> None:
+        self._comms.add(comm)
+        role: tuple[str, str] | None = None
+        try:
+            ops, frames = await comm.read()
+            first = ops[0] if isinstance(ops, list) and ops else {}
+            role = self._register(comm, first)
+            if role is None:
+                logger.warning("dropping %s: first op %r is not a registration", comm.peer,
+                               first.get("op") if isinstance(first, dict) else first)
+                return
+            handlers = {"client": self._client_handlers, "worker": self._worker_handlers,
+                        "node": self._node_handlers}[role[0]]
+            pairs = split_frames(ops[1:], frames)
+            while True:
+                for op, op_frames in pairs:
+                    self._dispatch(role, handlers, op, op_frames)
+                if self.state.validate:
+                    self.state.validate_state()
+                ops, frames = await comm.read()
+                pairs = split_frames(ops, frames)
+        except CommClosedError:
+            pass
+        except Exception:
+            logger.exception("error handling %s; dropping the connection", comm.peer)
+        finally:
+            self._comms.discard(comm)
+            comm.abort()
+            if role is not None and not self._closing:
+                self._unregister(role)
+
+    def _dispatch(self, role: tuple[str, str], handlers: dict[str, Handler],
+                  op: dict[str, Any], frames: list[Any]) -> None:
+        name = op.get("op") if isinstance(op, dict) else None
+        handler = handlers.get(name) if isinstance(name, str) else None
+        if handler is None:
+            logger.warning("%s %s sent unknown op %r", role[0], role[1], name)
+            return
+        try:
+            self._execute(handler(role[1], op, frames))
+        except (KeyError, TypeError, ValueError) as err:
+            logger.warning("bad %r op from %s %s: %r", name, role[0], role[1], err)
+            if "rid" in op:
+                self._reply(role, op, error=f"bad {name!r} request: {err!r}")
+
+    def _register(self, comm: Comm, op: dict[str, Any]) -> tuple[str, str] | None:
+        name = op.get("op") if isinstance(op, dict) else None
+        if name == "register-client":
+            role = ("client", str(op["client"]))
+            self._execute(self.state.handle_client_connected(role[1]))
+        elif name == "register-worker":
+            role = ("worker", str(op["worker"]))
+        elif name == "register-node":
+            role = ("node", str(op["node"]))
+        else:
+            return None
+        self._peers[role] = BatchedSend(comm)
+        if role[0] == "worker":
+            self._execute(self.state.handle_add_worker(
+                role[1], op["address"], op["node"], float(op.get("cpus", 1.0)),
+                int(op.get("pid", 0))))
+        elif role[0] == "node":
+            self._execute(self.state.handle_add_node(role[1], op["resources"],
+                                                     op.get("host", "127.0.0.1")))
+            self.state.nodes[role[1]].pid = int(op.get("pid", 0))
+        if "rid" in op:
+            self._reply(role, op, result={"scheduler": self.address})
+        return role
+
+    def _unregister(self, role: tuple[str, str]) -> None:
+        batched = self._peers.pop(role, None)
+        if batched is not None:
+            batched.abort()
+        kind, ident = role
+        if kind == "client":
+            self._execute(self.state.handle_client_disconnected(ident))
+        elif kind == "worker":
+            self._execute(self.state.handle_remove_worker(ident))
+        elif kind == "node":
+            self._execute(self.state.handle_remove_node(ident))
+
+    def _execute(self, instructions: list[Send]) -> None:
+        peers = self._peers
+        for ins in instructions:
+            batched = peers.get(ins.dest)
+            if batched is None:
+                continue  # the peer is gone; its disconnect handler cleans up
+            with contextlib.suppress(CommClosedError):
+                batched.send(ins.msg)
+
+    def _reply(self, role: tuple[str, str], op: dict[str, Any], **body: Any) -> None:
+        batched = self._peers.get(role)
+        if batched is not None:
+            with contextlib.suppress(CommClosedError):
+                batched.send({"op": "response", "rid": op["rid"], **body})
+
+    # ------------------------------------------------------------------ client ops
+
+    def handle_update_graph(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
+        return self.state.handle_update_graph(cid, op["tasks"], op.get("wants", ()),
+                                              op.get("functions"))
+
+    def handle_put(self, cid: str, op: dict[str, Any], frames: list[Any]) -> list[Send]:
+        nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
+        worker_id = None
+        if nbytes > op.get("inline_limit", 100 * 1024) and self.state.workers:
+            # large values live on a worker; this one has the least data
+            ws = min(self.state.workers.values(), key=lambda w: len(w.has_what))
+            worker_id = ws.id
+            batched = self._peers.get(("worker", ws.id))
+            if batched is not None:
+                batched.send({"op": "store-data", "key": op["key"]}, frames)
+            frames = []
+        out = self.state.handle_put(cid, op["key"], [bytes(f) for f in frames], nbytes,
+                                    worker_id)
+        return out
+
+    def handle_cluster_info(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
+        st = self.state
+        nodes = [
+            {"node_id": n.id, "host": n.host, "resources": n.total, "alive": True,
+             "workers": [{"worker_id": w.id, "address": w.address, "pid": w.pid}
+                         for w in n.workers.values()], "pid": n.pid}
+            for n in st.nodes.values()
+        ]
+        tasks_by_state: dict[str, int] = {}
+        for ts in st.tasks.values():
+            tasks_by_state[ts.state] = tasks_by_state.get(ts.state, 0) + 1
+        info = {
+            "address": self.address, "pid": os.getpid(),
+            "cluster_resources": st.cluster_resources(),
+            "available_resources": st.available_resources(),
+            "nodes": nodes, "tasks": tasks_by_state,
+            "workers": len(st.workers), "clients": len(st.clients),
+        }
+        self._reply(("client", cid), op, result=info)
+        return []
+
+    def handle_explain_pending(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
+        self._reply(("client", cid), op, result=self.state.explain_pending(op["keys"]))
+        return []
+
+    def handle_shutdown_cluster(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
+        self._reply(("client", cid), op, result=True)
+        asyncio.get_running_loop().call_later(0.01, lambda: asyncio.ensure_future(self.close()))
+        return []

@@ -1,0 +1,760 @@
+"""The scheduler's sans-IO state machine: events in, messages out.
+
+Every stimulus (a graph from a client, a finished task from a worker, a worker lost, ...)
+is a ``handle_*`` method that mutates in-memory state and returns a list of
+:class:`Send` instructions (destination + wire message). The Tornado server in
+``scheduler/server.py`` only decodes messages, calls these methods and sends what they
+return, so this module is tested synchronously without any network.
+
+Task states (``TaskState.state``)::
+
+    released -> waiting -> queued -> processing -> memory
+                   |          |           |   \\-> erred
+                   |          '--> no-worker (no node could ever run it)
+                   '--> erred (a dependency failed)
+
+``queued`` means all inputs are in memory and the task waits for room on a worker;
+``processing`` means it was sent to a worker (which may still hold it in its short
+queue). ``lost`` data (its only holder died) sends the task back to ``released`` and it
+is recomputed from lineage when still needed.
+
+Data lifetime: a key in memory is kept while a client wants it or a dependent still
+needs it; then its data is freed on workers, and a task nobody refers to is forgotten.
+
+Small results (at most the inline limit) travel inline: the scheduler keeps their bytes
+and pushes them to the clients that want them. Large results stay on their worker; the
+scheduler only records who has them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from graphexec.errors import InvalidTransition
+from graphexec.scheduler.placement import (
+    MAX_ZERO_CPU_TASKS,
+    choose_worker,
+    feasible_on,
+    queue_allowance,
+)
+
+__all__ = ["ClientState", "NodeState", "SchedulerState", "Send", "TaskState", "WorkerState"]
+
+State = Literal["released", "waiting", "queued", "no-worker", "processing", "memory", "erred"]
+Dest = tuple[Literal["client", "worker", "node"], str]
+
+
+@dataclass(slots=True)
+class Send:
+    """Instruction: send ``msg`` to ``dest`` (``("worker", id)``, ``("client", id)``, ...)."""
+
+    dest: Dest
+    msg: dict[str, Any]
+
+
+class TaskState:
+    """Everything the scheduler knows about one key."""
+
+    __slots__ = (
+        "key", "state", "payload", "fids", "prefix", "priority", "demand", "cpus",
+        "has_extra_demand", "dependencies", "dependents", "waiting_on", "who_wants",
+        "who_has", "processing_on", "nbytes", "inline", "exception", "error_origin",
+        "retries", "run_id", "borrowed", "is_put",
+    )  # fmt: skip
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.state: State = "released"
+        self.payload: bytes = b""
+        self.fids: list[str] = []
+        self.prefix = key
+        self.priority: tuple[int, ...] = ()
+        self.demand: dict[str, float] = {"CPU": 1.0}
+        self.cpus = 1.0
+        self.has_extra_demand = False
+        self.dependencies: set[TaskState] = set()
+        self.dependents: set[TaskState] = set()
+        self.waiting_on: set[TaskState] = set()
+        self.who_wants: set[str] = set()
+        self.who_has: set[WorkerState] = set()
+        self.processing_on: WorkerState | None = None
+        self.nbytes = 0
+        self.inline: list[bytes] | None = None
+        self.exception: dict[str, Any] | None = None
+        self.error_origin = ""
+        self.retries = 3
+        self.run_id = 0
+        self.borrowed: list[tuple[WorkerState, float]] = []
+        self.is_put = False
+
+    def __repr__(self) -> str:
+        return f"<TaskState {self.key!r} {self.state}>"
+
+    def __lt__(self, other: TaskState) -> bool:  # heap tie-break
+        return self.key < other.key
+
+
+class WorkerState:
+    """A worker process: its CPU budget, the tasks sent to it, the data it holds."""
+
+    __slots__ = (
+        "id", "address", "node", "cpus", "blocked_cpus", "status", "processing",
+        "assigned_cpus", "has_what", "functions", "pid",
+    )  # fmt: skip
+
+    def __init__(self, worker_id: str, address: str, node: NodeState, cpus: float) -> None:
+        self.id = worker_id
+        self.address = address
+        self.node = node
+        self.cpus = cpus
+        self.blocked_cpus = 0.0
+        self.status: Literal["running", "closed"] = "running"
+        self.processing: dict[str, TaskState] = {}
+        self.assigned_cpus = 0.0
+        self.has_what: set[TaskState] = set()
+        self.functions: set[str] = set()
+        self.pid = 0
+
+    @property
+    def capacity(self) -> float:
+        return self.cpus + self.blocked_cpus
+
+    def __repr__(self) -> str:
+        return f"<WorkerState {self.id} {self.address}>"
+
+
+class NodeState:
+    """A machine (one node manager): total and currently free resources."""
+
+    __slots__ = ("id", "address", "total", "available", "workers", "host", "pid")
+
+    def __init__(self, node_id: str, total: dict[str, float], host: str = "127.0.0.1") -> None:
+        self.id = node_id
+        self.address = ""
+        self.total = dict(total)
+        self.available = dict(total)
+        self.workers: dict[str, WorkerState] = {}
+        self.host = host
+        self.pid = 0
+
+    def idle_cpus(self) -> float:
+        return sum(max(0.0, w.capacity - w.assigned_cpus) for w in self.workers.values())
+
+
+class ClientState:
+    __slots__ = ("id", "wants")
+
+    def __init__(self, client_id: str) -> None:
+        self.id = client_id
+        self.wants: set[TaskState] = set()
+
+
+def _prefix_duration_update(old: float | None, new: float) -> float:
+    return new if old is None else 0.5 * old + 0.5 * new
+
+
+class SchedulerState:
+    """The whole cluster as the scheduler sees it. Not thread-safe: one loop owns it."""
+
+    def __init__(self, *, validate: bool = False) -> None:
+        self.tasks: dict[str, TaskState] = {}
+        self.workers: dict[str, WorkerState] = {}
+        self.nodes: dict[str, NodeState] = {}
+        self.clients: dict[str, ClientState] = {}
+        self.functions: dict[str, bytes] = {}
+        self.durations: dict[str, float] = {}
+        #: ready tasks waiting for room, one heap per resource demand
+        self.queued: dict[tuple[tuple[str, float], ...], list[tuple[tuple[int, ...], TaskState]]]
+        self.queued = {}
+        self.unrunnable: set[TaskState] = set()
+        self.generation = itertools.count()
+        self.validate = validate
+        self._transitions: dict[tuple[str, str], Callable[[TaskState], list[Send]]] = {
+            ("released", "waiting"): self._transition_released_waiting,
+            ("waiting", "queued"): self._transition_waiting_queued,
+            ("queued", "processing"): self._transition_queued_processing,
+            ("queued", "no-worker"): self._transition_queued_no_worker,
+            ("no-worker", "queued"): self._transition_no_worker_queued,
+            ("processing", "memory"): self._transition_processing_memory,
+            ("processing", "queued"): self._transition_processing_queued,
+            ("memory", "released"): self._transition_memory_released,
+        }
+
+    # ------------------------------------------------------------------ transitions
+
+    def _transition(self, ts: TaskState, finish: State) -> list[Send]:
+        method = self._transitions.get((ts.state, finish))
+        if method is None:
+            raise InvalidTransition(f"{ts.key}: {ts.state} -> {finish}")
+        return method(ts)
+
+    def _transition_released_waiting(self, ts: TaskState) -> list[Send]:
+        ts.state = "waiting"
+        ts.waiting_on = {dep for dep in ts.dependencies if dep.state != "memory"}
+        out: list[Send] = []
+        for dep in list(ts.waiting_on):
+            if dep.state == "erred":
+                return self._fail(ts, dep.exception or {}, dep.error_origin or dep.key)
+            if dep.state == "released":
+                out += self._ensure_computed(dep)
+        if not ts.waiting_on:
+            out += self._transition(ts, "queued")
+        return out
+
+    def _transition_waiting_queued(self, ts: TaskState) -> list[Send]:
+        ts.state = "queued"
+        if not any(feasible_on(ts.demand, node) for node in self.nodes.values()):
+            return self._transition(ts, "no-worker")
+        sig = tuple(sorted(ts.demand.items()))
+        heapq.heappush(self.queued.setdefault(sig, []), (ts.priority, ts))
+        return []
+
+    def _transition_queued_no_worker(self, ts: TaskState) -> list[Send]:
+        ts.state = "no-worker"
+        self.unrunnable.add(ts)
+        return []
+
+    def _transition_no_worker_queued(self, ts: TaskState) -> list[Send]:
+        self.unrunnable.discard(ts)
+        ts.state = "waiting"
+        return self._transition_waiting_queued(ts)
+
+    def _transition_queued_processing(self, ts: TaskState) -> list[Send]:
+        raise InvalidTransition("queued -> processing goes through _assign")  # pragma: no cover
+
+    def _transition_processing_memory(self, ts: TaskState) -> list[Send]:
+        raise InvalidTransition("processing -> memory goes through handle_task_finished")
+
+    def _transition_processing_queued(self, ts: TaskState) -> list[Send]:
+        """Put a task back in line (its worker died, or it is retried)."""
+        ws = ts.processing_on
+        if ws is not None:
+            self._unassign(ts, ws)
+        ts.state = "waiting"
+        ts.waiting_on = set()
+        return self._transition_waiting_queued(ts)
+
+    def _transition_memory_released(self, ts: TaskState) -> list[Send]:
+        out: list[Send] = []
+        ts.state = "released"
+        ts.inline = None
+        for ws in ts.who_has:
+            ws.has_what.discard(ts)
+            out.append(Send(("worker", ws.id), {"op": "free-keys", "keys": [ts.key]}))
+        ts.who_has = set()
+        return out
+
+    # ------------------------------------------------------------------ clients
+
+    def handle_client_connected(self, client_id: str) -> list[Send]:
+        self.clients.setdefault(client_id, ClientState(client_id))
+        return []
+
+    def handle_client_disconnected(self, client_id: str) -> list[Send]:
+        cs = self.clients.pop(client_id, None)
+        if cs is None:
+            return []
+        out: list[Send] = []
+        for ts in list(cs.wants):
+            ts.who_wants.discard(client_id)
+            out += self._maybe_release(ts)
+        return out
+
+    def handle_update_graph(
+        self,
+        client_id: str,
+        tasks: list[dict[str, Any]],
+        wants: Iterable[str],
+        functions: dict[str, bytes] | None = None,
+    ) -> list[Send]:
+        """A client submits tasks (already culled, fused and ordered) and the keys it wants.
+
+        Each task dict has ``key``, ``payload`` (opaque to the scheduler), ``deps``,
+        ``fid``, ``prefix``, ``priority``, ``demand``, ``retries``.
+        """
+        if functions:
+            self.functions.update(functions)
+        cs = self.clients.setdefault(client_id, ClientState(client_id))
+        generation = next(self.generation)
+        new: list[TaskState] = []
+        specs: list[dict[str, Any]] = []
+        out: list[Send] = []
+        for spec in tasks:
+            key = spec["key"]
+            ts = self.tasks.get(key)
+            if ts is not None and (ts.state != "erred" or ts.is_put):
+                continue  # already known (pure duplicate or resubmission)
+            if ts is None:
+                ts = self.tasks[key] = TaskState(key)
+            ts.payload = spec["payload"]
+            ts.fids = list(spec.get("fids", ()))
+            ts.prefix = spec.get("prefix", key)
+            ts.priority = (generation, spec.get("priority", 0))
+            demand = {k: float(v) for k, v in spec.get("demand", {"CPU": 1.0}).items()}
+            ts.demand = demand
+            ts.cpus = demand.get("CPU", 0.0)
+            ts.has_extra_demand = any(k != "CPU" and v > 0 for k, v in demand.items())
+            ts.retries = spec.get("retries", 3)
+            ts.exception = None
+            ts.error_origin = ""
+            new.append(ts)
+            specs.append(spec)
+        missing: list[tuple[TaskState, str]] = []
+        for ts, spec in zip(new, specs):
+            for dep_key in spec.get("deps", ()):
+                dep = self.tasks.get(dep_key)
+                if dep is None:
+                    missing.append((ts, dep_key))
+                    continue
+                ts.dependencies.add(dep)
+                dep.dependents.add(ts)
+        for key in wants:
+            ts = self.tasks.get(key)
+            if ts is not None:
+                ts.who_wants.add(client_id)
+                cs.wants.add(ts)
+        for ts, dep_key in missing:
+            out += self._fail(ts, _error_dict("KeyError", f"input {dep_key!r} of {ts.key} was "
+                              "released before the task was submitted; keep a reference to "
+                              "it (or resubmit its graph)"), ts.key)
+        # transitions in priority order so the most urgent work is queued first
+        new.sort(key=lambda t: t.priority)
+        for ts in new:
+            if ts.state == "released":
+                out += self._transition(ts, "waiting")
+        for key in wants:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state in ("memory", "erred"):
+                out.append(self._report(ts, client_id))
+        out += self._schedule()
+        return out
+
+    def handle_put(self, client_id: str, key: str, frames: list[bytes], nbytes: int,
+                   worker_id: str | None = None) -> list[Send]:
+        """A value stored by a client; ``worker_id`` when a large value went to a worker."""
+        ts = self.tasks.get(key) or TaskState(key)
+        self.tasks[key] = ts
+        ts.is_put = True
+        ts.state = "memory"
+        ts.nbytes = nbytes
+        out: list[Send] = []
+        if worker_id is None:
+            ts.inline = frames
+        else:
+            ws = self.workers[worker_id]
+            ts.who_has.add(ws)
+            ws.has_what.add(ts)
+        cs = self.clients.setdefault(client_id, ClientState(client_id))
+        cs.wants.add(ts)
+        ts.who_wants.add(client_id)
+        return out
+
+    def handle_want_keys(self, client_id: str, keys: Iterable[str]) -> list[Send]:
+        """A client holds refs to keys it did not submit (refs passed around)."""
+        cs = self.clients.setdefault(client_id, ClientState(client_id))
+        out: list[Send] = []
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                out.append(Send(("client", client_id), {
+                    "op": "key-erred", "key": key, "origin": key,
+                    "exception": _error_dict("ObjectLostError",
+                                             f"object {key} is not known to the cluster: "
+                                             "it was released or never submitted"),
+                }))
+                continue
+            ts.who_wants.add(client_id)
+            cs.wants.add(ts)
+            if ts.state in ("memory", "erred"):
+                out.append(self._report(ts, client_id))
+        return out
+
+    def handle_release_keys(self, client_id: str, keys: Iterable[str]) -> list[Send]:
+        cs = self.clients.get(client_id)
+        out: list[Send] = []
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            ts.who_wants.discard(client_id)
+            if cs is not None:
+                cs.wants.discard(ts)
+            out += self._maybe_release(ts)
+        return out
+
+    def handle_cancel(self, keys: Iterable[str], *, force: bool = False) -> list[Send]:
+        out: list[Send] = []
+        error = _error_dict("TaskCancelledError", "the task was cancelled")
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.state in ("memory", "erred"):
+                continue
+            ws = ts.processing_on
+            if ws is not None:
+                op = "kill-worker" if force else "cancel-task"
+                if force:
+                    out.append(Send(("node", ws.node.id), {"op": op, "worker": ws.id}))
+                else:
+                    out.append(Send(("worker", ws.id), {"op": op, "key": key}))
+            out += self._fail(ts, error, key)
+        return out + self._schedule()
+
+    # ------------------------------------------------------------------ workers
+
+    def handle_add_node(self, node_id: str, resources: dict[str, float],
+                        host: str = "127.0.0.1") -> list[Send]:
+        node = self.nodes.get(node_id)
+        if node is None:
+            node = self.nodes[node_id] = NodeState(node_id, resources, host)
+        # tasks no node could run may fit the newcomer
+        out: list[Send] = []
+        for ts in [t for t in self.unrunnable if feasible_on(t.demand, node)]:
+            out += self._transition(ts, "queued")
+        return out + self._schedule()
+
+    def handle_remove_node(self, node_id: str) -> list[Send]:
+        node = self.nodes.pop(node_id, None)
+        if node is None:
+            return []
+        out: list[Send] = []
+        for worker_id in list(node.workers):
+            out += self.handle_remove_worker(worker_id)
+        return out
+
+    def handle_add_worker(self, worker_id: str, address: str, node_id: str, cpus: float,
+                          pid: int = 0) -> list[Send]:
+        node = self.nodes.get(node_id)
+        if node is None:
+            node = self.nodes[node_id] = NodeState(node_id, {"CPU": cpus})
+        ws = WorkerState(worker_id, address, node, cpus)
+        ws.pid = pid
+        self.workers[worker_id] = ws
+        node.workers[worker_id] = ws
+        return self._schedule()
+
+    def handle_remove_worker(self, worker_id: str) -> list[Send]:
+        """A worker is gone: retry what it was running, recompute data only it held."""
+        ws = self.workers.pop(worker_id, None)
+        if ws is None:
+            return []
+        ws.status = "closed"
+        ws.node.workers.pop(worker_id, None)
+        out: list[Send] = []
+        for ts in list(ws.processing.values()):
+            if ts.retries == 0:
+                self._unassign(ts, ws)
+                ts.state = "queued"
+                out += self._fail(ts, _error_dict(
+                    "WorkerCrashedError",
+                    f"the worker running {ts.key} ({ws.address}) died and the task has no "
+                    "retries left (raise max_retries to retry more)"), ts.key)
+            else:
+                if ts.retries > 0:
+                    ts.retries -= 1
+                out += self._transition(ts, "queued")
+        for ts in list(ws.has_what):
+            ts.who_has.discard(ws)
+            if not ts.who_has and ts.inline is None and ts.state == "memory":
+                out += self._lost(ts)
+        ws.has_what.clear()
+        return out + self._schedule()
+
+    def handle_task_finished(self, worker_id: str, key: str, run_id: int, nbytes: int,
+                             inline: list[bytes] | None, duration: float) -> list[Send]:
+        ts = self.tasks.get(key)
+        ws = self.workers.get(worker_id)
+        if ts is None or ws is None or ts.state != "processing" or ts.run_id != run_id:
+            # stale (cancelled, retried elsewhere, forgotten): drop the worker's copy
+            if ws is not None and (ts is None or ws not in ts.who_has):
+                return [Send(("worker", worker_id), {"op": "free-keys", "keys": [key]})]
+            return []
+        self._unassign(ts, ws)
+        ts.state = "memory"
+        ts.nbytes = nbytes
+        ts.inline = inline
+        ts.who_has.add(ws)
+        ws.has_what.add(ts)
+        self.durations[ts.prefix] = _prefix_duration_update(self.durations.get(ts.prefix),
+                                                            duration)
+        out = [self._report(ts, cid) for cid in ts.who_wants]
+        for dep in ts.dependents:
+            if dep.state == "waiting":
+                dep.waiting_on.discard(ts)
+                if not dep.waiting_on:
+                    out += self._transition(dep, "queued")
+        for dep in ts.dependencies:
+            out += self._maybe_release(dep)
+        out += self._maybe_release(ts)
+        return out + self._schedule()
+
+    def handle_task_erred(self, worker_id: str, key: str, run_id: int,
+                          exception: dict[str, Any], retryable: bool) -> list[Send]:
+        ts = self.tasks.get(key)
+        ws = self.workers.get(worker_id)
+        if ts is None or ws is None or ts.state != "processing" or ts.run_id != run_id:
+            return []
+        if retryable and ts.retries != 0:
+            if ts.retries > 0:
+                ts.retries -= 1
+            return self._transition(ts, "queued") + self._schedule()
+        self._unassign(ts, ws)
+        ts.state = "queued"  # so _fail treats it as not running anywhere
+        return self._fail(ts, exception, key) + self._schedule()
+
+    def handle_task_blocked(self, worker_id: str, key: str, blocked: bool) -> list[Send]:
+        """A running task waits in ``get``: lend (or take back) its CPU to the worker."""
+        ws = self.workers.get(worker_id)
+        ts = self.tasks.get(key)
+        if ws is None:
+            return []
+        cpus = ts.cpus if ts is not None else 1.0
+        ws.blocked_cpus = max(0.0, ws.blocked_cpus + (cpus if blocked else -cpus))
+        return self._schedule() if blocked else []
+
+    # ------------------------------------------------------------------ queries
+
+    def explain_pending(self, keys: Iterable[str]) -> dict[str, str]:
+        """Why each of ``keys`` is not finished yet, in words for an error message."""
+        out: dict[str, str] = {}
+        totals = self.cluster_resources()
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                out[key] = "unknown to the scheduler (released or never submitted)"
+            elif ts.state == "no-worker":
+                out[key] = (f"needs {ts.demand} but no node has that much; cluster "
+                            f"resources are {totals}")
+            elif ts.state == "queued":
+                out[key] = f"waiting for free resources {ts.demand}"
+            elif ts.state == "waiting":
+                dep = next(iter(ts.waiting_on), None)
+                out[key] = f"waiting for input {dep.key if dep else '?'}"
+            elif ts.state == "processing":
+                where = ts.processing_on.address if ts.processing_on else "?"
+                out[key] = f"running on worker {where}"
+            else:
+                out[key] = ts.state
+        return out
+
+    def cluster_resources(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for node in self.nodes.values():
+            for name, amount in node.total.items():
+                out[name] = out.get(name, 0.0) + amount
+        return out
+
+    def available_resources(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for node in self.nodes.values():
+            for name, amount in node.available.items():
+                if name == "CPU":
+                    used = sum(min(w.assigned_cpus, w.capacity) for w in node.workers.values())
+                    busy = sum(1 for w in node.workers.values() if w.processing)
+                    amount = max(0.0, amount - max(used, 0.0) if busy else amount)
+                out[name] = out.get(name, 0.0) + amount
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _schedule(self) -> list[Send]:
+        """Assign queued tasks to workers with room, most urgent first."""
+        if not self.workers:
+            return []
+        out: list[Send] = []
+        workers = list(self.workers.values())
+        for heap in self.queued.values():
+            while heap:
+                _, ts = heap[0]
+                if ts.state != "queued":
+                    heapq.heappop(heap)
+                    continue
+                allowance = queue_allowance(self.durations.get(ts.prefix))
+                ws = choose_worker(ts, workers, allowance)
+                if ws is None:
+                    break
+                heapq.heappop(heap)
+                out.append(self._assign(ts, ws))
+        return out
+
+    def _assign(self, ts: TaskState, ws: WorkerState) -> Send:
+        ts.state = "processing"
+        ts.processing_on = ws
+        ts.run_id += 1
+        ws.processing[ts.key] = ts
+        ws.assigned_cpus += min(ts.cpus, ws.cpus) if ts.cpus > ws.cpus else ts.cpus
+        if ts.cpus > ws.cpus:
+            self._borrow(ts, ws)
+        if ts.has_extra_demand:
+            avail = ws.node.available
+            for name, amount in ts.demand.items():
+                if name != "CPU":
+                    avail[name] = avail.get(name, 0.0) - amount
+        deps: dict[str, Any] = {}
+        for dep in ts.dependencies:
+            if ws in dep.who_has:
+                deps[dep.key] = ["local"]
+            elif dep.inline is not None:
+                deps[dep.key] = ["inline", dep.inline]
+                dep.who_has.add(ws)
+                ws.has_what.add(dep)
+            else:
+                deps[dep.key] = ["remote", [w.address for w in dep.who_has]]
+        msg: dict[str, Any] = {
+            "op": "compute", "key": ts.key, "payload": ts.payload,
+            "deps": deps, "cpus": ts.cpus, "run_id": ts.run_id,
+            "retryable": ts.retries != 0,
+        }
+        for fid in ts.fids:
+            if fid not in ws.functions and fid in self.functions:
+                msg.setdefault("functions", {})[fid] = self.functions[fid]
+                ws.functions.add(fid)
+        return Send(("worker", ws.id), msg)
+
+    def _borrow(self, ts: TaskState, ws: WorkerState) -> None:
+        need = ts.cpus - ws.cpus
+        for sibling in ws.node.workers.values():
+            if need <= 0:
+                break
+            if sibling is ws:
+                continue
+            spare = max(0.0, sibling.capacity - sibling.assigned_cpus)
+            take = min(spare, need)
+            if take > 0:
+                sibling.assigned_cpus += take
+                ts.borrowed.append((sibling, take))
+                need -= take
+
+    def _unassign(self, ts: TaskState, ws: WorkerState) -> None:
+        if ws.processing.pop(ts.key, None) is None:
+            return
+        ws.assigned_cpus -= min(ts.cpus, ws.cpus)
+        if ws.assigned_cpus < 1e-9:
+            ws.assigned_cpus = 0.0
+        for sibling, amount in ts.borrowed:
+            sibling.assigned_cpus = max(0.0, sibling.assigned_cpus - amount)
+        ts.borrowed = []
+        if ts.has_extra_demand:
+            avail = ws.node.available
+            for name, amount in ts.demand.items():
+                if name != "CPU":
+                    avail[name] = avail.get(name, 0.0) + amount
+        ts.processing_on = None
+
+    def _report(self, ts: TaskState, client_id: str) -> Send:
+        if ts.state == "erred":
+            msg: dict[str, Any] = {"op": "key-erred", "key": ts.key,
+                                   "exception": ts.exception, "origin": ts.error_origin}
+        else:
+            msg = {"op": "key-in-memory", "key": ts.key, "nbytes": ts.nbytes,
+                   "inline": ts.inline, "who_has": [w.address for w in ts.who_has]}
+        return Send(("client", client_id), msg)
+
+    def _fail(self, ts: TaskState, exception: dict[str, Any], origin: str) -> list[Send]:
+        """Mark ``ts`` and every dependent that has not finished as erred."""
+        out: list[Send] = []
+        stack = [ts]
+        while stack:
+            t = stack.pop()
+            if t.state in ("erred", "memory"):
+                continue
+            if t.processing_on is not None:
+                self._unassign(t, t.processing_on)
+            self.unrunnable.discard(t)
+            t.state = "erred"
+            t.exception = exception
+            t.error_origin = origin
+            out += [self._report(t, cid) for cid in t.who_wants]
+            stack.extend(t.dependents)
+            for dep in t.dependencies:
+                out += self._maybe_release(dep)
+        return out
+
+    def _lost(self, ts: TaskState) -> list[Send]:
+        """The only copy of ``ts`` is gone: recompute if still needed, else forget."""
+        ts.state = "released"
+        if ts.is_put:
+            return self._fail_put_lost(ts)
+        needed = ts.who_wants or any(d.state in ("waiting", "queued") for d in ts.dependents)
+        if not needed:
+            return self._maybe_forget(ts)
+        for dep in ts.dependents:
+            if dep.state == "queued":
+                # it was ready with this input: back to waiting for the recomputation
+                dep.state = "waiting"
+                dep.waiting_on = {ts}
+            elif dep.state == "waiting":
+                dep.waiting_on.add(ts)
+        return self._transition(ts, "waiting")
+
+    def _fail_put_lost(self, ts: TaskState) -> list[Send]:
+        ts.state = "queued"
+        return self._fail(ts, _error_dict(
+            "ObjectLostError", f"object {ts.key} was stored with put() on a worker that "
+            "died; it cannot be recomputed"), ts.key)
+
+    def _ensure_computed(self, ts: TaskState) -> list[Send]:
+        """A released dependency is needed again: walk lineage to recompute it."""
+        if ts.is_put:
+            return self._fail_put_lost(ts)
+        return self._transition(ts, "waiting")
+
+    def _needed(self, ts: TaskState) -> bool:
+        if ts.who_wants:
+            return True
+        return any(d.state in ("waiting", "queued", "processing", "no-worker")
+                   for d in ts.dependents)
+
+    def _maybe_release(self, ts: TaskState) -> list[Send]:
+        if ts.state not in ("memory", "erred", "released") or self._needed(ts):
+            return []
+        out: list[Send] = []
+        if ts.state == "memory":
+            out += self._transition(ts, "released")
+        return out + self._maybe_forget(ts)
+
+    def _maybe_forget(self, ts: TaskState) -> list[Send]:
+        if ts.who_wants or ts.dependents or ts.key not in self.tasks:
+            return []
+        if ts.state not in ("released", "erred"):
+            return []
+        del self.tasks[ts.key]
+        out: list[Send] = []
+        for dep in ts.dependencies:
+            dep.dependents.discard(ts)
+            out += self._maybe_release(dep)
+        ts.dependencies = set()
+        return out
+
+    # ------------------------------------------------------------------ invariants
+
+    def validate_state(self) -> None:
+        """Check cross-references; on in tests, off in production."""
+        for key, ts in self.tasks.items():
+            assert ts.key == key
+            if ts.state == "processing":
+                assert ts.processing_on is not None, ts
+                assert ts.processing_on.processing.get(key) is ts, ts
+            else:
+                assert ts.processing_on is None, ts
+            if ts.state == "memory":
+                assert ts.who_has or ts.inline is not None, ts
+            if ts.state == "waiting":
+                assert ts.waiting_on, ts
+            for dep in ts.dependencies:
+                assert ts in dep.dependents, (ts, dep)
+            for ws in ts.who_has:
+                assert ts in ws.has_what, (ts, ws)
+        for ws in self.workers.values():
+            for key, ts in ws.processing.items():
+                assert ts.processing_on is ws and ts.key == key
+            assert ws.assigned_cpus >= -1e-9
+
+
+def _error_dict(type_name: str, message: str) -> dict[str, Any]:
+    """An error produced by the scheduler itself (no pickled exception)."""
+    return {"type": type_name, "message": message, "traceback": "", "pickled": None,
+            "function": ""}

@@ -1,0 +1,39 @@
+"""``python -m graphexec.worker``: run one worker process (started by a node manager)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from graphexec._process import configure_logging, die_with_parent, run_server
+from graphexec.worker.worker import Worker
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m graphexec.worker")
+    parser.add_argument("--scheduler", required=True)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--cpus", type=float, default=1.0)
+    parser.add_argument("--worker-id", default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--owner-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.owner_pid:
+        die_with_parent(args.owner_pid)
+    configure_logging("worker")
+    worker = Worker(args.scheduler, token=os.environ.get("GRAPHEXEC_TOKEN", ""),
+                    node_id=args.node, cpus=args.cpus, worker_id=args.worker_id,
+                    listen_address=f"tcp://{args.host}:0")
+
+    async def start() -> None:
+        await worker.start()
+        # nested tasks: a client sharing this worker's event loop, made on first use
+        from graphexec.client.worker_client import install_worker_client
+
+        await install_worker_client(worker)
+
+    run_server(start, worker.close, worker.finished.wait, owner_pid=args.owner_pid)
+
+
+if __name__ == "__main__":
+    main()

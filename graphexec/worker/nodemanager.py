@@ -1,0 +1,193 @@
+"""The node manager: one per machine; starts, supervises and restarts worker processes.
+
+It registers the node's resources with the scheduler (``CPU``, ``GPU``, ``memory``,
+``node:<ip>`` and custom resources), starts one worker process per CPU slot, restarts a
+worker that dies, kills one on the scheduler's ``kill-worker`` (``cancel(force=True)``),
+and on ``close``, scheduler loss, SIGTERM or its owner's death stops every worker it
+started before exiting.
+
+Workers are started with ``subprocess`` (not fork) so that each is a clean interpreter;
+all of them start at once, in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import psutil
+
+from graphexec.comm import connect
+from graphexec.comm.batched import BatchedSend
+from graphexec.comm.core import Comm
+from graphexec.errors import CommClosedError
+
+__all__ = ["NodeManager", "node_resources"]
+
+logger = logging.getLogger("graphexec.nodemanager")
+
+RESTART_DELAY = 0.2
+
+
+def node_resources(num_cpus: float | None, num_gpus: float | None,
+                   resources: dict[str, float] | None, host: str = "127.0.0.1",
+                   memory: float | None = None) -> dict[str, float]:
+    """The resources a node reports, Ray-style names.
+
+    >>> node_resources(2, None, {"disk": 1}, memory=1e9)["CPU"]
+    2.0
+    """
+    out: dict[str, float] = {
+        "CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
+        "memory": float(memory if memory is not None else psutil.virtual_memory().total * 0.7),
+        f"node:{host}": 1.0,
+    }
+    if num_gpus:
+        out["GPU"] = float(num_gpus)
+    for key, value in (resources or {}).items():
+        out[key] = float(value)
+    return out
+
+
+class NodeManager:
+    def __init__(self, scheduler_address: str, *, token: str, resources: dict[str, float],
+                 num_workers: int | None = None, node_id: str | None = None,
+                 host: str = "127.0.0.1") -> None:
+        self.scheduler_address = scheduler_address
+        self.token = token
+        self.resources = resources
+        cpus = resources.get("CPU", 1.0)
+        self.num_workers = num_workers if num_workers is not None else max(1, int(cpus + 0.999))
+        self.worker_cpus = cpus / self.num_workers if self.num_workers else 0.0
+        self.id = node_id or f"node-{uuid.uuid4().hex[:12]}"
+        self.host = host
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._comm: Comm | None = None
+        self._batched: BatchedSend | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._closing = False
+        self.finished = asyncio.Event()
+
+    async def start(self) -> None:
+        # start workers first: they connect to the scheduler on their own, in parallel
+        for _ in range(self.num_workers):
+            self._start_worker()
+        self._comm = await connect(self.scheduler_address, token=self.token)
+        self._batched = BatchedSend(self._comm)
+        self._batched.send({"op": "register-node", "node": self.id,
+                            "resources": self.resources, "host": self.host,
+                            "pid": os.getpid()})
+        self._reader = asyncio.ensure_future(self._read())
+        self._monitor = asyncio.ensure_future(self._supervise())
+
+    def _start_worker(self, worker_id: str | None = None) -> None:
+        worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+        cmd = [sys.executable, "-m", "graphexec.worker", "--scheduler", self.scheduler_address,
+               "--node", self.id, "--cpus", str(self.worker_cpus), "--worker-id", worker_id,
+               "--owner-pid", str(os.getpid()), "--host", self.host]
+        env = dict(os.environ, GRAPHEXEC_TOKEN=self.token)
+        self.processes[worker_id] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(RESTART_DELAY)
+            for worker_id, proc in list(self.processes.items()):
+                if proc.poll() is not None and not self._closing:
+                    logger.warning("worker %s exited with %s; restarting", worker_id,
+                                   proc.returncode)
+                    del self.processes[worker_id]
+                    self._start_worker()
+
+    async def _read(self) -> None:
+        assert self._comm is not None
+        try:
+            while True:
+                ops, _ = await self._comm.read()
+                for op in ops:
+                    self._handle(op)
+        except CommClosedError:
+            if not self._closing:
+                logger.info("node %s: scheduler connection closed", self.id)
+        finally:
+            self.finished.set()
+
+    def _handle(self, op: dict[str, Any]) -> None:
+        name = op.get("op")
+        if name == "kill-worker":
+            proc = self.processes.get(op.get("worker", ""))
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+        elif name == "close":
+            self.finished.set()
+        else:
+            logger.warning("node %s: unknown op %r", self.id, name)
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        for task in (self._monitor, self._reader):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        await stop_processes(list(self.processes.values()))
+        if self._batched is not None:
+            self._batched.abort()
+        if self._comm is not None:
+            self._comm.abort()
+        self.finished.set()
+
+
+async def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 3.0) -> None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL what is left; reap all."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for proc in procs:
+        while proc.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+
+    from graphexec._process import configure_logging, die_with_parent, run_server
+
+    parser = argparse.ArgumentParser(prog="python -m graphexec.worker.nodemanager")
+    parser.add_argument("--scheduler", required=True)
+    parser.add_argument("--num-cpus", type=float, default=None)
+    parser.add_argument("--num-gpus", type=float, default=None)
+    parser.add_argument("--resources", default="{}", help="JSON dict of custom resources")
+    parser.add_argument("--memory", type=float, default=None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--owner-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.owner_pid:
+        die_with_parent(args.owner_pid)
+    configure_logging("nodemanager")
+    token = os.environ.get("GRAPHEXEC_TOKEN", "")
+    resources = node_resources(args.num_cpus, args.num_gpus, json.loads(args.resources),
+                               args.host, args.memory)
+    manager = NodeManager(args.scheduler, token=token, resources=resources, host=args.host)
+    run_server(manager.start, manager.close, manager.finished.wait, owner_pid=args.owner_pid)
+
+
+if __name__ == "__main__":
+    main()
