@@ -37,10 +37,12 @@ from graphexec.graph.optimize import optimize
 from graphexec.graph.task import Fused, Task
 from graphexec.protocol import serialize as ser
 from graphexec.protocol.tasks import FunctionRegistry, dumps_task
+from graphexec.worker.executor import notify_blocked
 
 __all__ = ["Client"]
 
 INLINE_PUT_BYTES = 100 * 1024
+FETCH_ATTEMPTS = 5
 
 
 class _KeyResult:
@@ -90,8 +92,8 @@ class Client:
         self._pool = ConnectionPool(token)
         self._lost: BaseException | None = None
         self._closed = False
-        #: hooks set inside workers: a task blocking in get lends its CPU
-        self.on_block: Callable[[bool], None] | None = None
+        #: a task blocking in get (nested tasks) lends its CPU; no-op outside workers
+        self.on_block: Callable[[bool], None] | None = notify_blocked
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -284,10 +286,12 @@ class Client:
         """Keys done (in completion order) once ``num_returns`` are, or at the timeout."""
         self.submit(refs)
         keys = list(dict.fromkeys(r.key for r in refs))
+        with self._lock:
+            already = [k for k in keys if k in self._results
+                       and self._results[k].status != "pending"]
         waiter = self._wait_for(keys, num_returns, timeout, raise_timeout=False)
-        done = waiter.order[:num_returns] if waiter else []
-        if waiter is None:  # all were already done: completion order unknown, keep input
-            done = keys[:num_returns]
+        done = already + (waiter.order if waiter is not None else [])
+        done = done[:num_returns]
         done_set = set(done)
         return done, [k for k in keys if k not in done_set]
 
@@ -349,16 +353,19 @@ class Client:
 
     async def _fetch(self, key: str, who_has: list[str]) -> list[Any]:
         last: BaseException | None = None
-        for address in who_has:
-            try:
-                ops, frames = await self._pool.request(address, {"op": "get-data",
-                                                                 "keys": [key]})
-            except (CommClosedError, OSError) as err:
-                last = err
-                continue
-            for op, op_frames in split_frames(ops, frames):
-                if op.get("key") == key and op.get("status") == "ok":
-                    return op_frames
+        for attempt in range(FETCH_ATTEMPTS):
+            for address in who_has:
+                try:
+                    ops, frames = await self._pool.request(address, {"op": "get-data",
+                                                                     "keys": [key]})
+                except (CommClosedError, OSError) as err:
+                    last = err
+                    continue
+                for op, op_frames in split_frames(ops, frames):
+                    if op.get("key") == key and op.get("status") == "ok":
+                        return op_frames
+            # a put may still be on its way to the worker that will hold it
+            await asyncio.sleep(0.01 * (attempt + 1))
         raise errors.ObjectLostError(f"object {key} could not be fetched from {who_has}: "
                                      f"{last or 'not found'}")
 

@@ -20,7 +20,6 @@ __all__ = ["install_worker_client"]
 async def install_worker_client(worker: Any) -> Client:
     client = Client(worker.scheduler_address, token=worker.token)
     client._loop = asyncio.get_running_loop()
-    client.on_block = worker.notify_blocked
     worker.client = client
     worker.make_ref = lambda key: ObjectRef(key, None, client)
     await client.start_async()

@@ -104,9 +104,7 @@ async def client_handshake(stream: RawStream, token: bytes) -> None:
     or does not prove the token."""
     greeting = await stream.read_bytes(len(MAGIC) + NONCE_BYTES)
     if greeting[: len(MAGIC)] != MAGIC:
-        raise ProtocolError(
-            f"peer is not a graphexec server (greeting {greeting[: len(MAGIC)]!r})"
-        )
+        raise ProtocolError(f"peer is not a graphexec server (greeting {greeting[: len(MAGIC)]!r})")
     server_nonce = greeting[len(MAGIC) :]
     client_nonce = secrets.token_bytes(NONCE_BYTES)
     await stream.write(proof(token, b"client", server_nonce) + client_nonce)

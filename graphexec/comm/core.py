@@ -293,6 +293,7 @@ async def connect(
     ...     async def echo(comm):
     ...         header, frames = await comm.read()
     ...         await comm.write(header, frames)
+    ...
     ...     async with await listen("inproc://", echo, token="t") as listener:
     ...         async with await connect(listener.address, token="t") as comm:
     ...             await comm.write({"op": "ping"}, [b"data"])

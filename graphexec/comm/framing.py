@@ -143,6 +143,4 @@ def check_lengths(lengths: Sequence[int], *, max_frame_bytes: int = MAX_FRAME_BY
     """
     for i, n in enumerate(lengths):
         if n > max_frame_bytes:
-            raise ProtocolError(
-                f"frame {i} of {n} bytes exceeds max_frame_bytes={max_frame_bytes}"
-            )
+            raise ProtocolError(f"frame {i} of {n} bytes exceeds max_frame_bytes={max_frame_bytes}")

@@ -126,9 +126,7 @@ class InprocComm(Comm):
 class InprocListener(Listener):
     """Accepts in-process connections under ``inproc://<name>``."""
 
-    def __init__(
-        self, name: str, handler: Handler, *, token: bytes, max_frame_bytes: int
-    ) -> None:
+    def __init__(self, name: str, handler: Handler, *, token: bytes, max_frame_bytes: int) -> None:
         super().__init__(handler)
         self.name = name
         self.address = format_address("inproc", "", name)
@@ -146,11 +144,15 @@ class InprocListener(Listener):
             raise CommClosedError(f"authentication with {self.address} failed: wrong token")
         client_address = f"{self.address}/{next(_ids)}"
         server = InprocComm(
-            asyncio.Queue(), local=self.address, peer=client_address,
+            asyncio.Queue(),
+            local=self.address,
+            peer=client_address,
             max_frame_bytes=self._max_frame_bytes,
         )
         client = InprocComm(
-            asyncio.Queue(), local=client_address, peer=self.address,
+            asyncio.Queue(),
+            local=client_address,
+            peer=self.address,
             max_frame_bytes=max_frame_bytes,
         )
         server._peer_comm, client._peer_comm = client, server

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 from tornado.iostream import IOStream, StreamClosedError
-from tornado.netutil import DefaultLoopResolver, bind_sockets, is_valid_ip
+from tornado.netutil import DefaultLoopResolver, is_valid_ip
 from tornado.tcpclient import TCPClient
 from tornado.tcpserver import TCPServer
 
@@ -76,10 +77,13 @@ class TCPComm(Comm):
         # write side: messages queued by write_nowait, written by _flush
         self._pending: list[bytes | memoryview] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._closed_here = False
 
     # ------------------------------------------------------------------ reading
 
     async def read(self) -> tuple[Any, list[memoryview | bytes]]:
+        if self._closed_here:
+            raise CommClosedError(f"connection {self.local} -> {self.peer} was closed locally")
         try:
             prefix: bytes | memoryview | None = self._take(framing.PREFIX_BYTES)
             if prefix is None:
@@ -138,17 +142,20 @@ class TCPComm(Comm):
         return b"".join(pieces)
 
     async def _read_frames(self, lengths: Sequence[int]) -> list[memoryview | bytes]:
+        """The frames of one message; the header (frame 0) may be a view into the chunk.
+
+        Small payload frames are copied out as ``bytes`` so that a caller keeping a tiny
+        frame does not keep a whole 64 KiB chunk alive; large frames get their own buffer.
+        """
         total = sum(lengths)
         if total <= SMALL_READ_BYTES:
             body = self._take(total)
             if body is None:
                 body = memoryview(await self._receive(total))
-            if len(lengths) == 1:
-                return [body]
-            frames: list[memoryview | bytes] = []
-            pos = 0
-            for n in lengths:
-                frames.append(body[pos : pos + n])
+            frames: list[memoryview | bytes] = [body[: lengths[0]]]
+            pos = lengths[0]
+            for n in lengths[1:]:
+                frames.append(bytes(body[pos : pos + n]))
                 pos += n
             return frames
         frames = []
@@ -156,8 +163,10 @@ class TCPComm(Comm):
             if n > SMALL_READ_BYTES:
                 frames.append(await self._read_large(n))
             else:
-                frame = self._take(n)
-                frames.append(frame if frame is not None else await self._receive(n))
+                frame: bytes | memoryview | None = self._take(n)
+                if frame is None:
+                    frame = await self._receive(n)
+                frames.append(bytes(frame) if frames else frame)
         return frames
 
     async def _read_large(self, n: int) -> memoryview:
@@ -174,9 +183,9 @@ class TCPComm(Comm):
     # ------------------------------------------------------------------ writing
 
     async def write(self, header: Any, frames: Sequence[Frame] = ()) -> None:
-        chunks = framing.encode(
-            dumps_header(header), frames, max_frame_bytes=self._max_frame_bytes
-        )
+        chunks = framing.encode(dumps_header(header), frames, max_frame_bytes=self._max_frame_bytes)
+        if self._closed_here:
+            raise CommClosedError(f"connection {self.local} -> {self.peer} was closed locally")
         if self._pending:  # keep the order of messages queued by write_nowait
             self._cancel_flush()
             chunks = [*self._pending, *chunks]
@@ -187,10 +196,8 @@ class TCPComm(Comm):
             raise self._closed_error(err) from (err.real_error or err)
 
     def write_nowait(self, header: Any, frames: Sequence[Frame] = ()) -> None:
-        chunks = framing.encode(
-            dumps_header(header), frames, max_frame_bytes=self._max_frame_bytes
-        )
-        if self._stream.closed():
+        chunks = framing.encode(dumps_header(header), frames, max_frame_bytes=self._max_frame_bytes)
+        if self._closed_here or self._stream.closed():
             raise self._closed_error(StreamClosedError(self._stream.error))
         self._pending.extend(chunks)
         if self._flush_handle is None:
@@ -227,6 +234,7 @@ class TCPComm(Comm):
     # ------------------------------------------------------------------ closing
 
     async def close(self) -> None:
+        self._closed_here = True
         stream = self._stream
         if stream.closed():
             self._pending = []
@@ -244,6 +252,7 @@ class TCPComm(Comm):
             stream.close()
 
     def abort(self) -> None:
+        self._closed_here = True
         self._pending = []
         self._cancel_flush()
         self._stream.close()
@@ -310,9 +319,7 @@ class TCPListener(Listener):
     async def _serve(self, stream: IOStream, peer: str) -> None:
         try:
             stream.set_nodelay(True)
-            await asyncio.wait_for(
-                server_handshake(stream, self._token), self._handshake_timeout
-            )
+            await asyncio.wait_for(server_handshake(stream, self._token), self._handshake_timeout)
         except (ProtocolError, OSError, asyncio.TimeoutError) as err:  # OSError: StreamClosed
             logger.warning(
                 "rejected connection %s -> %s: %s", peer, self.address, _handshake_reason(err)
@@ -323,7 +330,9 @@ class TCPListener(Listener):
             stream.close()
             raise
         comm = TCPComm(
-            stream, local=_sockname(stream, self.address), peer=peer,
+            stream,
+            local=_sockname(stream, self.address),
+            peer=peer,
             max_frame_bytes=self._max_frame_bytes,
         )
         await self._run_handler(comm)
@@ -362,7 +371,7 @@ async def listen(
     if sock is not None:
         sockets = [_adopt(sock)]
     else:
-        sockets = bind_sockets(port, address=host, backlog=_BACKLOG)
+        sockets = await _bind(host, port)
     return TCPListener(
         handler,
         sockets,
@@ -371,6 +380,52 @@ async def listen(
         max_frame_bytes=max_frame_bytes,
         handshake_timeout=handshake_timeout,
     )
+
+
+async def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` resolves to, all on one port.
+
+    Unlike ``tornado.netutil.bind_sockets`` this closes what it opened when a bind
+    fails (say, the port is in use) and names the address in the error.
+    """
+    if is_valid_ip(host):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    else:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    sockets: list[socket.socket] = []
+    try:
+        for af, kind, proto, _, sockaddr in dict.fromkeys(infos):
+            if af not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            sock = socket.socket(af, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if af == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:  # same port on every address
+                sockaddr = (sockaddr[0], sockets[0].getsockname()[1], *sockaddr[2:])
+            try:
+                sock.bind(sockaddr)
+            except OSError as err:
+                if err.errno == errno.EADDRNOTAVAIL and af == socket.AF_INET6 and len(infos) > 1:
+                    sockets.pop().close()  # IPv6 disabled: the IPv4 address will do
+                    continue
+                raise OSError(
+                    err.errno,
+                    f"cannot listen on {format_address('tcp', host, port)}: {err.strerror}",
+                ) from err
+            sock.setblocking(False)
+            sock.listen(_BACKLOG)
+        if not sockets:
+            raise OSError(f"cannot listen on {format_address('tcp', host, port)}: no address")
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _adopt(sock: socket.socket) -> socket.socket:
@@ -412,8 +467,13 @@ async def connect(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     stream = await _connect_stream(
-        host, port, address=address, deadline=deadline, timeout=timeout,
-        ssl_context=ssl_context, max_buffer_size=max_frame_bytes + _BUFFER_SLACK,
+        host,
+        port,
+        address=address,
+        deadline=deadline,
+        timeout=timeout,
+        ssl_context=ssl_context,
+        max_buffer_size=max_frame_bytes + _BUFFER_SLACK,
     )
     try:
         stream.set_nodelay(True)
@@ -463,9 +523,7 @@ async def _connect_stream(
                     timeout=max(deadline - loop.time(), 0.001),
                 )
             except asyncio.TimeoutError as err:
-                raise CommClosedError(
-                    f"could not connect to {address} within {timeout} s"
-                ) from err
+                raise CommClosedError(f"could not connect to {address} within {timeout} s") from err
             except OSError as err:
                 cause = err.real_error if isinstance(err, StreamClosedError) else err
                 cause = cause or err

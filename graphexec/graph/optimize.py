@@ -35,7 +35,7 @@ __all__ = [
 
 _CHEAP_SCALARS = frozenset({int, float, bool, complex, type(None)})
 _CHEAP_MAX_LEN = 1000
-_ARG_SCALARS = _CHEAP_SCALARS | {str, bytes}
+_FLAT_ARGS = _CHEAP_SCALARS | {str, bytes, TaskRef}  # arguments with no nested refs
 
 
 def dependencies(graph: Mapping[str, Node]) -> dict[str, frozenset[str]]:
@@ -273,8 +273,13 @@ def _fuse(graph: Mapping[str, Node], keep: set[str], e: _Edges) -> Mapping[str, 
         node, nxt_node = graph[key], graph[nxt]
         opts = node.options
         # a DataNode needs no resources, so it may join a task with any options
-        same = type(node) is DataNode or opts is nxt_node.options or opts == nxt_node.options
-        if same and _receives_value(nxt_node, key):
+        if not (type(node) is DataNode or opts is nxt_node.options or opts == nxt_node.options):
+            continue
+        if type(nxt_node) is Task:
+            ok = nxt_node.resolve == "all" or not _nested_in(nxt_node, key)
+        else:
+            ok = _receives_value(nxt_node, key)
+        if ok:
             child[key] = nxt
     if not child:
         return graph
@@ -287,10 +292,10 @@ def _fuse(graph: Mapping[str, Node], keep: set[str], e: _Edges) -> Mapping[str, 
         key = head
         while True:
             node = graph[key]
-            if isinstance(node, Fused):
+            if type(node) is Fused:
                 chain.extend(node.nodes)
             else:
-                chain.append(node)
+                chain.append(node)  # type: ignore[arg-type]
             if key not in child:
                 break
             key = child[key]
@@ -302,7 +307,7 @@ def _fuse(graph: Mapping[str, Node], keep: set[str], e: _Edges) -> Mapping[str, 
 
 def _receives_value(node: Node, key: str) -> bool:
     """Whether every use of ``key`` in ``node`` is resolved to its value."""
-    if type(node) is Task:
+    if isinstance(node, Task):
         return node.resolve == "all" or not _nested_in(node, key)
     if isinstance(node, Fused):
         return not any(
@@ -313,12 +318,10 @@ def _receives_value(node: Node, key: str) -> bool:
 
 def _nested_in(task: Task, key: str) -> bool:
     """Whether ``key`` is referenced inside a container argument of ``task``."""
-    for args in (task.args, task.kwargs.values()):
+    for args in (task.args, task.kwargs.values()) if task.kwargs else (task.args,):
         for arg in args:
-            typ = type(arg)
-            if typ in _ARG_SCALARS or isinstance(arg, TaskRef):
-                continue
-            if key in find_refs(arg):
+            flat = type(arg) in _FLAT_ARGS or isinstance(arg, TaskRef)
+            if not flat and key in find_refs(arg):
                 return True
     return False
 

@@ -166,8 +166,9 @@ def dumps_exception(exc: BaseException, tb_str: str) -> bytes:
         pickle.loads(payload)  # an exception class may pickle but fail to rebuild
     except Exception:  # user code: the exception's own __reduce__ / __init__
         payload = None
-    return pickle.dumps((_EXC_ENVELOPE_VERSION, type_name, message, tb_str, payload),
-                        protocol=_PROTOCOL)
+    return pickle.dumps(
+        (_EXC_ENVELOPE_VERSION, type_name, message, tb_str, payload), protocol=_PROTOCOL
+    )
 
 
 def loads_exception(data: Frame) -> tuple[BaseException, str]:
@@ -187,8 +188,10 @@ def loads_exception(data: Frame) -> tuple[BaseException, str]:
         else:
             if isinstance(exc, BaseException):
                 return exc, tb_str
-    return RuntimeError(f"{type_name}: {message} (the original exception could not be "
-                        "transferred; it is not picklable)"), tb_str
+    return RuntimeError(
+        f"{type_name}: {message} (the original exception could not be "
+        "transferred; it is not picklable)"
+    ), tb_str
 
 
 def _dumps(obj: Any, *, out_of_band: bool) -> tuple[bytes, list[memoryview]]:
@@ -259,4 +262,3 @@ def _safe_str(exc: BaseException) -> str:
         return str(exc)
     except Exception:  # user code: a broken __str__
         return f"<unprintable {type(exc).__name__} object>"
-

@@ -351,6 +351,8 @@ class SchedulerState:
         cs = self.clients.setdefault(client_id, ClientState(client_id))
         cs.wants.add(ts)
         ts.who_wants.add(client_id)
+        if worker_id is not None:
+            out.append(self._report(ts, client_id))  # tell the client where it lives
         return out
 
     def handle_want_keys(self, client_id: str, keys: Iterable[str]) -> list[Send]:

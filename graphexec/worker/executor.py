@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ExecItem", "Executor", "current_item"]
+__all__ = ["ExecItem", "Executor", "current_item", "notify_blocked"]
 
 #: a runner reports finished items at least this often, and in batches of at most
 MAX_BATCH_SECONDS = 0.002
@@ -54,12 +54,31 @@ def current_item() -> ExecItem | None:
     return getattr(_current, "item", None)
 
 
+def notify_blocked(blocked: bool) -> None:
+    """A task about to wait in ``get`` (or back from it) lends (or takes back) its CPUs.
+
+    A no-op outside runner threads, so clients call it unconditionally.
+    """
+    item = getattr(_current, "item", None)
+    executor = getattr(_current, "executor", None)
+    if item is None or executor is None:
+        return
+    if blocked:
+        executor.block(item)
+    else:
+        executor.unblock(item)
+    if executor.on_block is not None:
+        executor.on_block(item, blocked)
+
+
 class Executor:
     """Elastic pool of runner threads with CPU-based admission."""
 
     def __init__(self, cpus: float, on_done: Callable[[list[ExecItem]], None],
-                 *, name: str = "graphexec-runner") -> None:
+                 *, name: str = "graphexec-runner",
+                 on_block: Callable[[ExecItem, bool], None] | None = None) -> None:
         self.cpus = cpus
+        self.on_block = on_block
         self._on_done = on_done
         self._name = name
         self._cond = threading.Condition()
@@ -188,6 +207,7 @@ class Executor:
                 continue
             assert item is not None
             _current.item = item
+            _current.executor = self
             try:
                 item.result = item.run()
             finally:

@@ -31,7 +31,7 @@ from graphexec.comm.core import Comm, Listener
 from graphexec.errors import CommClosedError
 from graphexec.protocol import serialize as ser
 from graphexec.worker.execute import run_task
-from graphexec.worker.executor import ExecItem, Executor, current_item
+from graphexec.worker.executor import ExecItem, Executor
 from graphexec.worker.state import WorkerTask, WorkerTaskState
 from graphexec.worker.storage import MemoryStorage, ObjectStorage
 
@@ -74,7 +74,8 @@ class Worker:
         self._batched: BatchedSend | None = None
         self._pool = ConnectionPool(token)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = Executor(cpus, self._on_done, name=f"graphexec-{self.id}")
+        self._executor = Executor(cpus, self._on_done, name=f"graphexec-{self.id}",
+                                  on_block=self._on_block)
         self._done: list[ExecItem] = []
         self._done_lock = threading.Lock()
         self._wake_pending = False
@@ -260,15 +261,10 @@ class Worker:
 
     # ------------------------------------------------------------------ nested tasks
 
-    def notify_blocked(self, blocked: bool) -> None:
-        """Called from a runner thread whose task blocks in (or returns from) ``get``."""
-        item = current_item()
-        if item is None or self._loop is None:
+    def _on_block(self, item: ExecItem, blocked: bool) -> None:
+        """A task on a runner thread waits in ``get``: the scheduler may lend its CPU."""
+        if self._loop is None:
             return
-        if blocked:
-            self._executor.block(item)
-        else:
-            self._executor.unblock(item)
         op = {"op": "task-blocked", "key": item.key, "blocked": blocked}
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._send, op)
