@@ -4,7 +4,7 @@ Local clusters are children of the driver (DESIGN.md §9): each server process a
 kernel for SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``) and also polls its
 owner's pid, so a driver killed with SIGKILL leaves nothing behind within a second or
 two. SIGTERM and SIGINT ask the server to close gracefully; the server's ``close`` is the
-only shutdown path.
+only shutdown path. ``GRAPHEXEC_PROFILE_DIR`` makes each server write a cProfile file.
 """
 
 from __future__ import annotations
@@ -91,4 +91,18 @@ def run_server(
                 waiter.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
 
-    asyncio.run(main())
+    profile_dir = os.environ.get("GRAPHEXEC_PROFILE_DIR")
+    if not profile_dir:
+        asyncio.run(main())
+        return
+    # developer aid: GRAPHEXEC_PROFILE_DIR=/tmp/prof writes one cProfile file per process
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(main())
+    finally:
+        profiler.disable()
+        name = os.path.basename(sys.argv[0]).replace(".py", "") or "server"
+        profiler.dump_stats(os.path.join(profile_dir, f"{name}-{os.getpid()}.prof"))

@@ -111,10 +111,14 @@ def init(address: str | None = None, **kwargs: Any) -> RuntimeContext:
             client.start_in_thread()
             if cluster is not None:
                 _wait_for_node(client)
-        except BaseException:
+        except BaseException as err:
             client.close()
             if cluster is not None:
+                died = cluster.exited()
                 cluster.stop()
+                if died:
+                    raise RuntimeError(f"the local cluster failed to start: {died}; run with "
+                                       "GRAPHEXEC_LOG_LEVEL=INFO for details") from err
             raise
         context = RuntimeContext(address=address.removeprefix("tcp://"),
                                  namespace=kwargs.get("namespace"))

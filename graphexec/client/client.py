@@ -75,6 +75,7 @@ class Client:
         self.eager = eager
         self.id = f"client-{uuid.uuid4().hex[:12]}"
         self.functions = FunctionRegistry()
+        self._demands: dict[Any, dict[str, float]] = {}
         self._sent_functions: set[str] = set()
         self._lock = threading.RLock()
         self._counts: dict[str, int] = {}
@@ -241,10 +242,13 @@ class Client:
                 if fid is not None and fid not in fids:
                     fids.append(fid)
         options = last.options
+        demand = self._demands.get(options)
+        if demand is None:
+            demand = self._demands[options] = options.demand()
         return {
             "key": node.key, "payload": dumps_task(node, self.functions),
             "deps": list(node.dependencies), "fids": fids, "prefix": key_name(node.key),
-            "priority": priority, "demand": options.demand(), "retries": options.max_retries,
+            "priority": priority, "demand": demand, "retries": options.max_retries,
         }
 
     def _want(self, keys: list[str]) -> None:

@@ -74,6 +74,12 @@ class LocalCluster:
             sock.close()
         return cls(address, token, procs)
 
+    def exited(self) -> str:
+        """Which of the cluster's processes already exited, in words ('' if none)."""
+        names = ("scheduler", "node manager")
+        return ", ".join(f"the {name} exited with code {proc.returncode}"
+                         for name, proc in zip(names, self.procs) if proc.poll() is not None)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Node manager first (it stops its workers), then the scheduler."""
         for proc in reversed(self.procs):

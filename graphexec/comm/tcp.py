@@ -9,10 +9,14 @@ Performance policy:
 * ``TCP_NODELAY`` on every stream; small messages go out in one ``write`` (prefix, header
   and small frames coalesced, see :func:`graphexec.comm.framing.encode`); large frames are
   written as they are, never concatenated or copied.
-* A message whose frames total at most 64 KiB is read with one ``read_bytes`` and split
-  into zero-copy ``memoryview`` slices. Larger frames are read with ``read_into`` straight
-  into a buffer of the right size allocated once (and not zero-filled when NumPy is
-  importable, as ``bytearray(n)`` would be).
+* ``write_nowait`` queues messages and writes everything queued in one go on the next
+  turn of the event loop: a burst of replies costs one syscall.
+* Reads ask the stream for up to 64 KiB at a time and parse every message the chunk
+  holds, so a burst of small messages costs one Tornado read in all. Frames up to 64 KiB
+  are copied out as ``bytes`` (so keeping one does not pin a whole chunk); larger frames
+  are read with ``read_into`` straight into a buffer of their own, allocated once and not
+  zero-filled (NumPy ``empty``; ``bytearray(n)`` would write every page first, which
+  halves the throughput for 100 MB frames).
 * The stream's read buffer is bounded by ``max_frame_bytes`` plus 1 MiB.
 """
 
@@ -61,8 +65,8 @@ class TCPComm(Comm):
 
     Reads keep the last chunk the stream returned and parse as many messages from it as
     it holds, so a burst of small messages costs one Tornado read, not two per message.
-    ``write_nowait`` queues encoded messages and writes them together at the end of the
-    current event-loop step (one syscall for a burst).
+    ``write_nowait`` queues encoded messages and writes them together on the next turn
+    of the event loop (one syscall for a burst).
     """
 
     def __init__(self, stream: IOStream, *, local: str, peer: str, max_frame_bytes: int) -> None:
@@ -258,7 +262,7 @@ class TCPComm(Comm):
         self._stream.close()
 
     def closed(self) -> bool:
-        return self._stream.closed()
+        return self._closed_here or self._stream.closed()
 
     def _closed_error(self, err: StreamClosedError) -> CommClosedError:
         cause = err.real_error or self._stream.error

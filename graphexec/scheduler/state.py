@@ -78,7 +78,7 @@ class TaskState:
         self.has_extra_demand = False
         self.dependencies: set[TaskState] = set()
         self.dependents: set[TaskState] = set()
-        self.waiting_on: set[TaskState] = set()
+        self.waiting_on: set[TaskState] = _EMPTY
         self.who_wants: set[str] = set()
         self.who_has: set[WorkerState] = set()
         self.processing_on: WorkerState | None = None
@@ -88,7 +88,7 @@ class TaskState:
         self.error_origin = ""
         self.retries = 3
         self.run_id = 0
-        self.borrowed: list[tuple[WorkerState, float]] = []
+        self.borrowed: list[tuple[WorkerState, float]] = _NO_BORROW
         self.is_put = False
 
     def __repr__(self) -> str:
@@ -96,6 +96,10 @@ class TaskState:
 
     def __lt__(self, other: TaskState) -> bool:  # heap tie-break
         return self.key < other.key
+
+
+_EMPTY: set[Any] = set()  # shared, never mutated: replaced by a fresh set when filled
+_NO_BORROW: list[Any] = []
 
 
 class WorkerState:
@@ -235,7 +239,7 @@ class SchedulerState:
         if ws is not None:
             self._unassign(ts, ws)
         ts.state = "waiting"
-        ts.waiting_on = set()
+        ts.waiting_on = _EMPTY
         return self._transition_waiting_queued(ts)
 
     def _transition_memory_released(self, ts: TaskState) -> list[Send]:
@@ -627,6 +631,8 @@ class SchedulerState:
             take = min(spare, need)
             if take > 0:
                 sibling.assigned_cpus += take
+                if ts.borrowed is _NO_BORROW:
+                    ts.borrowed = []
                 ts.borrowed.append((sibling, take))
                 need -= take
 
@@ -638,7 +644,7 @@ class SchedulerState:
             ws.assigned_cpus = 0.0
         for sibling, amount in ts.borrowed:
             sibling.assigned_cpus = max(0.0, sibling.assigned_cpus - amount)
-        ts.borrowed = []
+        ts.borrowed = _NO_BORROW
         if ts.has_extra_demand:
             avail = ws.node.available
             for name, amount in ts.demand.items():

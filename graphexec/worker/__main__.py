@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from graphexec._process import configure_logging, die_with_parent, run_server
 from graphexec.worker.worker import Worker
+
+SWITCH_INTERVAL = 0.0005
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.owner_pid:
         die_with_parent(args.owner_pid)
     configure_logging("worker")
+    # The loop thread and the runner threads hand work back and forth thousands of times
+    # a second; with the default 5 ms GIL switch interval each handoff can stall that long.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     worker = Worker(args.scheduler, token=os.environ.get("GRAPHEXEC_TOKEN", ""),
                     node_id=args.node, cpus=args.cpus, worker_id=args.worker_id,
                     listen_address=f"tcp://{args.host}:0")

@@ -292,10 +292,21 @@ def test_client_disconnect_releases_everything_it_wanted() -> None:
 def test_submitting_a_dependency_that_was_released_fails_with_key_error() -> None:
     sim = one_worker()
     out = sim.submit([spec("b", ["gone"])], wants=["b"])
-    (report,) = msgs(out, "key-erred", ("client", "c"))
+    report = msgs(out, "key-erred", ("client", "c"))[0]
     assert report["exception"]["type"] == "KeyError"
     assert "gone" in report["exception"]["message"]
     assert computed(out) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: handle_update_graph reports a task that fails during submission twice: "
+    "once from _fail (who_wants is filled before) and again from the final wants loop",
+)
+def test_a_task_failing_at_submission_is_reported_once() -> None:
+    sim = one_worker()
+    out = sim.submit([spec("b", ["gone"])], wants=["b"])
+    assert len(msgs(out, "key-erred", ("client", "c"))) == 1
 
 
 def test_released_input_still_in_lineage_is_recomputed_for_a_new_dependent() -> None:
@@ -338,8 +349,9 @@ def test_submitting_on_top_of_an_erred_key_fails_at_once() -> None:
     sim.submit([spec("a")], wants=["a"])
     sim.err("a")
     out = sim.submit([spec("b", ["a"])], wants=["b"], client="other")
-    (report,) = msgs(out, "key-erred", ("client", "other"))
+    report = msgs(out, "key-erred", ("client", "other"))[0]  # twice: see above
     assert (report["key"], report["origin"]) == ("b", "a")
+    assert computed(out) == []
 
 
 @pytest.mark.xfail(
@@ -496,7 +508,8 @@ def test_data_only_on_a_dead_worker_is_recomputed_for_a_waiting_dependent() -> N
     sim = two_workers()
     sim.submit([spec("a"), spec("x"), spec("b", ["a", "x"])], wants=["b"])
     assert (sim.where("a"), sim.where("x")) == ("w1", "w2")
-    sim.finish("a", nbytes=BIG, inline=False)
+    # short enough that w2 may queue a second task next to x
+    sim.finish("a", nbytes=BIG, inline=False, duration=1e-3)
     assert sim.status("b") == "waiting"
     out = sim.do("handle_remove_worker", "w1")
     assert computed(out) == [("w2", "a")]
@@ -510,36 +523,41 @@ def test_data_only_on_a_dead_worker_is_recomputed_for_a_waiting_dependent() -> N
 
 def test_lost_input_of_a_queued_task_is_recomputed_first() -> None:
     sim = two_workers()
-    sim.submit([spec(f"busy{i}") for i in range(4)])  # fills both worker queues
-    sim.submit([spec("a", priority=-1)], client="c")
-    sim.finish("busy0")
-    a_on = sim.where("a")
-    sim.finish("a", nbytes=BIG, inline=False)
+    sim.submit([spec("a")], wants=["a"])
+    sim.finish("a", nbytes=BIG, inline=False)  # slow: no queueing beyond one task now
+    sim.submit([spec("hold1"), spec("hold2", priority=1)])
+    assert (sim.where("hold1"), sim.where("hold2")) == ("w1", "w2")
     sim.submit([spec("b", ["a"])], wants=["b"])
     assert sim.status("b") == "queued"
-    out = sim.do("handle_remove_worker", a_on)
+    out = sim.do("handle_remove_worker", "w1")
+    assert computed(out) == []
     assert sim.status("b") == "waiting"
-    assert sim.status("a") in ("queued", "processing")
-    for key in sorted(sim.processing()):
-        sim.finish(key)
-    for key in sorted(sim.processing()):
-        sim.finish(key)
-    assert sim.status("b") in ("processing", "memory")
-    assert out is not None
+    assert sim.state.tasks["b"].waiting_on == {sim.state.tasks["a"]}
+    assert sim.status("a") == "queued"
+    out = sim.finish("hold2")
+    assert computed(out) == [("w2", "a")]  # the oldest submission goes first
+    out = sim.finish("a", nbytes=BIG, inline=False)
+    assert msgs(out, "key-in-memory", ("client", "c"))  # reported again after recomputing
+    assert computed(out) == [("w2", "hold1")]
+    out = sim.finish("hold1")
+    assert computed(out) == [("w2", "b")]
+    assert msgs(out, "compute")[0]["deps"] == {"a": ["local"]}
 
 
-def test_lost_data_nobody_needs_is_forgotten() -> None:
+def test_released_pending_task_still_runs_then_is_forgotten() -> None:
     sim = two_workers()
     sim.submit([spec("a"), spec("b", ["a"])], wants=["b"])
     sim.finish("a", nbytes=BIG, inline=False)
     sim.finish("b", nbytes=BIG, inline=False)
     assert sim.status("a") == "released"
-    sim.do("handle_remove_worker", "w1")
-    # b was lost too, and the client wants it: recomputed from a, which is recomputed
+    out = sim.do("handle_remove_worker", "w1")
+    # b was lost and the client wants it: recomputed from a, which is recomputed first
+    assert computed(out) == [("w2", "a")]
     assert sim.status("b") == "waiting"
-    assert computed(sim.log[-1:]) == [("w2", "a")]
     sim.do("handle_release_keys", "c", ["b"])
-    sim.finish("a")
+    out = sim.finish("a")
+    assert computed(out) == [("w2", "b")]
+    sim.finish("b")
     assert sim.state.tasks == {}
 
 
@@ -551,23 +569,24 @@ def test_lost_data_nobody_needs_is_forgotten() -> None:
     "deps={'a': ['remote', []]} and the input is never recomputed",
 )
 def test_lost_input_of_a_task_running_elsewhere_is_recomputed_on_retry() -> None:
-    sim = two_workers()
-    sim.submit([spec("a")])
-    sim.submit([spec("hold1"), spec("hold2")])  # w1 now has no room left
-    assert sim.where("a") == "w1"
-    sim.finish("a", nbytes=BIG, inline=False)
-    sim.submit([spec("b", ["a"])], wants=["b"])
-    assert sim.where("b") == "w2"
-    (compute,) = msgs(sim.log[-1:], "compute")
-    assert compute["deps"] == {"a": ["remote", ["tcp://w1"]]}
+    sim = Sim()
+    sim.node("n1", {"CPU": 2})
+    sim.worker("w1")
+    sim.submit([spec("a"), spec("b", ["a"])], wants=["b"])
+    sim.submit([spec("hold", prefix="h")])  # queued on w1 behind a
+    sim.worker("w2")
+    out = sim.finish("a", nbytes=BIG, inline=False)  # w1 is full now: b goes to w2
+    (compute,) = msgs(out, "compute")
+    assert (sim.where("b"), compute["deps"]) == ("w2", {"a": ["remote", ["tcp://w1"]]})
     sim.do("handle_remove_worker", "w1")
-    # w2 cannot fetch a from the dead worker
-    out = sim.err("b", error("ObjectLostError"), retryable=True)
-    for compute in msgs(out, "compute"):
-        assert compute["key"] != "b" or compute["deps"]["a"][0] != "remote" or compute[
-            "deps"
-        ]["a"][1]
-    assert sim.status("a") in ("queued", "processing")
+    assert sim.status("a") == "released"  # only a processing task needed it
+    # w2 cannot fetch a from the dead worker and says so
+    sim.err("b", error("ObjectLostError"), retryable=True)
+    out = sim.finish("hold")
+    assert computed(out) == [("w2", "a")]  # recompute the input first ...
+    assert sim.status("b") == "waiting"
+    out = sim.finish("a", nbytes=BIG, inline=False)
+    assert msgs(out, "compute")[0]["deps"] == {"a": ["local"]}  # ... then retry b
 
 
 # ------------------------------------------------------------------------------ put
@@ -584,7 +603,9 @@ def test_put_value_is_kept_while_wanted() -> None:
     assert sim.state.tasks["p"].inline == [b"value"]
     out = sim.do("handle_release_keys", "c", ["p"])
     assert freed(out) == {("w1", "p")}  # the copy sent inline with b's compute
-    assert "p" not in sim.state.tasks
+    assert sim.status("p") == "released"  # kept in b's lineage until b goes
+    sim.do("handle_release_keys", "c", ["b"])
+    assert sim.state.tasks == {}
 
 
 def test_lost_large_put_fails_dependents_with_object_lost() -> None:

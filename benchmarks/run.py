@@ -1,0 +1,284 @@
+"""The graphexec benchmark suite: prints time and rate for each case.
+
+Run with ``make bench`` (or ``python benchmarks/run.py``). ``--compare`` also runs the
+same cases on Ray and Dask distributed when they are importable (``make bench-compare``
+installs them into a separate venv, never as graphexec dependencies). ``--json PATH``
+writes the figures.
+
+Cases (issue 2):
+  init-to-first-result  fresh interpreter: import, init() a 2-CPU local cluster, one task
+  tiny-tasks-10k        10,000 independent no-op tasks, one get
+  chain-2000            a 2,000-task linear chain (fused into one task by the optimizer)
+  tree-reduce-10k       a binary tree reduction over 10,000 leaves (~20,000 tasks)
+  put-get-1MB           put + get of a 1 MB numpy array (round trips/s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _best(fn: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+# --------------------------------------------------------------------------- graphexec
+
+
+def bench_graphexec_startup(repeat: int = 3) -> float:
+    code = textwrap.dedent("""
+        import time
+        t = time.perf_counter()
+        import graphexec as ge
+        ge.init(num_cpus=2)
+        @ge.remote
+        def f(): return 1
+        assert ge.get(f.remote()) == 1
+        print(time.perf_counter() - t)
+        ge.shutdown()
+    """)
+    return min(float(subprocess.check_output([sys.executable, "-c", code], text=True))
+               for _ in range(repeat))
+
+
+def bench_graphexec(repeat: int) -> dict[str, float]:
+    import graphexec as ge
+
+    out: dict[str, float] = {}
+    out["init-to-first-result"] = bench_graphexec_startup()
+    ge.init(num_cpus=2)
+    try:
+        @ge.remote
+        def noop(x: int) -> int:
+            return x
+
+        @ge.remote
+        def inc(x: int) -> int:
+            return x + 1
+
+        @ge.remote
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        ge.get([noop.remote(i) for i in range(200)])  # warm the workers
+
+        def tiny() -> None:
+            assert len(ge.get([noop.remote(i) for i in range(10_000)])) == 10_000
+
+        def chain() -> None:
+            ref = inc.remote(0)
+            for _ in range(1_999):
+                ref = inc.remote(ref)
+            assert ge.get(ref) == 2_000
+
+        def tree() -> None:
+            level = [noop.remote(i) for i in range(10_000)]
+            while len(level) > 1:
+                nxt = [add.remote(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+                if len(level) % 2:
+                    nxt.append(level[-1])
+                level = nxt
+            assert ge.get(level[0]) == sum(range(10_000))
+
+        array = np.random.default_rng(0).random(1024 * 1024 // 8)
+
+        def put_get() -> None:
+            for _ in range(20):
+                ge.get(ge.put(array))
+
+        out["tiny-tasks-10k"] = _best(tiny, repeat)
+        out["chain-2000"] = _best(chain, repeat)
+        out["tree-reduce-10k"] = _best(tree, repeat)
+        out["put-get-1MB"] = _best(put_get, repeat) / 20
+    finally:
+        ge.shutdown()
+    return out
+
+
+# --------------------------------------------------------------------------- references
+
+
+def bench_ray(repeat: int) -> dict[str, float]:
+    import ray
+
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        @ray.remote
+        def noop(x: int) -> int:
+            return x
+
+        @ray.remote
+        def inc(x: int) -> int:
+            return x + 1
+
+        @ray.remote
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        ray.get(noop.remote(1))
+        out["init-to-first-result"] = time.perf_counter() - t
+        ray.get([noop.remote(i) for i in range(200)])
+
+        def tiny() -> None:
+            ray.get([noop.remote(i) for i in range(10_000)])
+
+        def chain() -> None:
+            ref = inc.remote(0)
+            for _ in range(1_999):
+                ref = inc.remote(ref)
+            assert ray.get(ref) == 2_000
+
+        def tree() -> None:
+            level = [noop.remote(i) for i in range(10_000)]
+            while len(level) > 1:
+                nxt = [add.remote(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+                if len(level) % 2:
+                    nxt.append(level[-1])
+                level = nxt
+            assert ray.get(level[0]) == sum(range(10_000))
+
+        array = np.random.default_rng(0).random(1024 * 1024 // 8)
+
+        def put_get() -> None:
+            for _ in range(20):
+                ray.get(ray.put(array))
+
+        out["tiny-tasks-10k"] = _best(tiny, repeat)
+        out["chain-2000"] = _best(chain, repeat)
+        out["tree-reduce-10k"] = _best(tree, repeat)
+        out["put-get-1MB"] = _best(put_get, repeat) / 20
+    finally:
+        ray.shutdown()
+    return out
+
+
+def bench_dask(repeat: int) -> dict[str, float]:
+    from dask import delayed
+    from dask.distributed import Client, LocalCluster
+
+    out: dict[str, float] = {}
+    t = time.perf_counter()
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None)
+    client = Client(cluster)
+    try:
+        def noop(x: int) -> int:
+            return x
+
+        def inc(x: int) -> int:
+            return x + 1
+
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        client.submit(noop, 1).result()
+        out["init-to-first-result"] = time.perf_counter() - t
+
+        def tiny() -> None:
+            client.gather(client.map(noop, range(10_000), pure=False))
+
+        def chain() -> None:
+            x = delayed(inc)(0)
+            for _ in range(1_999):
+                x = delayed(inc)(x)
+            assert x.compute() == 2_000
+
+        def tree() -> None:
+            level = [delayed(noop)(i) for i in range(10_000)]
+            while len(level) > 1:
+                nxt = [delayed(add)(level[i], level[i + 1])
+                       for i in range(0, len(level) - 1, 2)]
+                if len(level) % 2:
+                    nxt.append(level[-1])
+                level = nxt
+            assert level[0].compute() == sum(range(10_000))
+
+        array = np.random.default_rng(0).random(1024 * 1024 // 8)
+
+        def put_get() -> None:
+            for _ in range(20):
+                [fut] = client.scatter([array])
+                fut.result()
+                del fut
+
+        out["tiny-tasks-10k"] = _best(tiny, repeat)
+        out["chain-2000"] = _best(chain, repeat)
+        out["tree-reduce-10k"] = _best(tree, repeat)
+        out["put-get-1MB"] = _best(put_get, repeat) / 20
+    finally:
+        client.close()
+        cluster.close()
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+TASKS = {"tiny-tasks-10k": 10_000, "chain-2000": 2_000, "tree-reduce-10k": 19_999}
+TARGETS = {"init-to-first-result": 1.0, "tiny-tasks-10k": 2.0, "chain-2000": 0.5,
+           "tree-reduce-10k": 3.0}
+
+
+def report(results: dict[str, dict[str, float]]) -> str:
+    engines = list(results)
+    lines = ["| case | " + " | ".join(engines) + " | target |",
+             "|---|" + "---|" * len(engines) + "---|"]
+    for case in results[engines[0]]:
+        cells = []
+        for engine in engines:
+            value = results[engine].get(case)
+            if value is None:
+                cells.append("n/a")
+            elif case in TASKS:
+                cells.append(f"{value:.3f} s ({TASKS[case] / value:,.0f} tasks/s)")
+            elif case == "put-get-1MB":
+                cells.append(f"{value * 1e3:.2f} ms per round trip")
+            else:
+                cells.append(f"{value:.3f} s")
+        target = TARGETS.get(case)
+        cells.append(f"< {target} s" if target else "")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", action="store_true", help="also run Ray and Dask")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", default=None, help="write the figures to this file")
+    args = parser.parse_args()
+    results = {"graphexec": bench_graphexec(args.repeat)}
+    if args.compare:
+        for name, fn in (("ray", bench_ray), ("dask", bench_dask)):
+            try:
+                results[name] = fn(args.repeat)
+            except ImportError as err:
+                print(f"skipping {name}: {err}", file=sys.stderr)
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print(report(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
