@@ -54,8 +54,10 @@ def bench_graphexec_startup(repeat: int = 3) -> float:
         print(time.perf_counter() - t)
         ge.shutdown()
     """)
-    return min(float(subprocess.check_output([sys.executable, "-c", code], text=True))
-               for _ in range(repeat))
+    return min(
+        float(subprocess.check_output([sys.executable, "-c", code], text=True))
+        for _ in range(repeat)
+    )
 
 
 def bench_graphexec(repeat: int) -> dict[str, float]:
@@ -65,6 +67,7 @@ def bench_graphexec(repeat: int) -> dict[str, float]:
     out["init-to-first-result"] = bench_graphexec_startup()
     ge.init(num_cpus=2)
     try:
+
         @ge.remote
         def noop(x: int) -> int:
             return x
@@ -122,6 +125,7 @@ def bench_ray(repeat: int) -> dict[str, float]:
     t = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
+
         @ray.remote
         def noop(x: int) -> int:
             return x
@@ -177,10 +181,12 @@ def bench_dask(repeat: int) -> dict[str, float]:
 
     out: dict[str, float] = {}
     t = time.perf_counter()
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
     client = Client(cluster)
     try:
+
         def noop(x: int) -> int:
             return x
 
@@ -205,8 +211,7 @@ def bench_dask(repeat: int) -> dict[str, float]:
         def tree() -> None:
             level = [delayed(noop)(i) for i in range(10_000)]
             while len(level) > 1:
-                nxt = [delayed(add)(level[i], level[i + 1])
-                       for i in range(0, len(level) - 1, 2)]
+                nxt = [delayed(add)(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
                 if len(level) % 2:
                     nxt.append(level[-1])
                 level = nxt
@@ -233,14 +238,20 @@ def bench_dask(repeat: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- report
 
 TASKS = {"tiny-tasks-10k": 10_000, "chain-2000": 2_000, "tree-reduce-10k": 19_999}
-TARGETS = {"init-to-first-result": 1.0, "tiny-tasks-10k": 2.0, "chain-2000": 0.5,
-           "tree-reduce-10k": 3.0}
+TARGETS = {
+    "init-to-first-result": 1.0,
+    "tiny-tasks-10k": 2.0,
+    "chain-2000": 0.5,
+    "tree-reduce-10k": 3.0,
+}
 
 
 def report(results: dict[str, dict[str, float]]) -> str:
     engines = list(results)
-    lines = ["| case | " + " | ".join(engines) + " | target |",
-             "|---|" + "---|" * len(engines) + "---|"]
+    lines = [
+        "| case | " + " | ".join(engines) + " | target |",
+        "|---|" + "---|" * len(engines) + "---|",
+    ]
     for case in results[engines[0]]:
         cells = []
         for engine in engines:
@@ -260,8 +271,9 @@ def report(results: dict[str, dict[str, float]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--compare", action="store_true", help="also run Ray and Dask")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default=None, help="write the figures to this file")

@@ -71,8 +71,10 @@ def main() -> None:
     elapsed = time.perf_counter() - t
     expected = sum(range(inputs)) + inputs * steps
     assert value == expected
-    print(f"lazy graph: {len(graph):,} tasks as written -> {len(optimized):,} after "
-          f"fusing chains ({len(graph) / len(optimized):.1f}x fewer)")
+    print(
+        f"lazy graph: {len(graph):,} tasks as written -> {len(optimized):,} after "
+        f"fusing chains ({len(graph) / len(optimized):.1f}x fewer)"
+    )
     print(f"  result {value:,} in {elapsed:.2f} s")
 
 

@@ -13,8 +13,7 @@ import time
 
 import graphexec as ge
 
-WORDS = ("graph task worker actor object store scheduler lazy eager fuse cull order "
-         "shuffle reduce map partition ray dask tornado arrow pandas numpy").split()
+WORDS = ["graph", "task", "worker", "actor", "object", "store", "scheduler", "lazy", "eager", "fuse", "cull", "order", "shuffle", "reduce", "map", "partition", "ray", "dask", "tornado", "arrow", "pandas", "numpy"]
 
 
 def read_chunk(index: int, words: int = 60_000) -> str:
@@ -52,8 +51,9 @@ def reduce_partition(*parts: dict[str, int]) -> dict[str, int]:
 
 
 def wordcount(chunks: int, partitions: int = 4) -> dict[str, int]:
-    mapped = [map_chunk.options(num_returns=partitions).remote(i, partitions)
-              for i in range(chunks)]
+    mapped = [
+        map_chunk.options(num_returns=partitions).remote(i, partitions) for i in range(chunks)
+    ]
     reduced = [reduce_partition.remote(*[m[p] for m in mapped]) for p in range(partitions)]
     result: dict[str, int] = {}
     for part in ge.get(reduced):
@@ -82,8 +82,10 @@ def main() -> None:
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
     print(f"word count over {chunks} chunks ({sum(counts.values()):,} words)")
     print("  top words: " + ", ".join(f"{w}={n:,}" for w, n in top))
-    print(f"  serial {serial_time:.2f} s, graphexec {parallel_time:.2f} s "
-          f"-> {serial_time / parallel_time:.2f}x on {int(ge.cluster_resources()['CPU'])} CPUs")
+    print(
+        f"  serial {serial_time:.2f} s, graphexec {parallel_time:.2f} s "
+        f"-> {serial_time / parallel_time:.2f}x on {int(ge.cluster_resources()['CPU'])} CPUs"
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """graphexec: a distributed execution engine with Ray's API and Dask's lazy graphs.
 
 >>> import graphexec as ray
->>> ray.init()                                  # doctest: +SKIP
+>>> ray.init()  # doctest: +SKIP
 >>> @ray.remote
 ... def square(x):
 ...     return x * x
->>> ray.get([square.remote(i) for i in range(4)])   # doctest: +SKIP
+>>> ray.get([square.remote(i) for i in range(4)])  # doctest: +SKIP
 [0, 1, 4, 9]
 """
 

@@ -23,8 +23,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _load_example(name: str) -> ModuleType:
     path = os.path.join(REPO, "examples", f"{name}.py")
     if not os.path.exists(path):
-        raise SystemExit(f"example {name!r} not found at {path}: run the demo from a "
-                         "checkout of the graphexec repository")
+        raise SystemExit(
+            f"example {name!r} not found at {path}: run the demo from a "
+            "checkout of the graphexec repository"
+        )
     spec = importlib.util.spec_from_file_location(f"graphexec_example_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -38,6 +40,7 @@ def demo(args: argparse.Namespace) -> int:
 
     ctx = ge.init(num_cpus=args.num_cpus)
     try:
+
         @ge.remote
         def ping() -> str:
             return "pong"
@@ -45,8 +48,10 @@ def demo(args: argparse.Namespace) -> int:
         ge.get(ping.remote())
         started = time.perf_counter() - t0
         cpus = int(ge.cluster_resources()["CPU"])
-        print(f"graphexec {ge.__version__}: local cluster at {ctx.address} with {cpus} "
-              f"worker processes, first result {started:.2f} s after start\n")
+        print(
+            f"graphexec {ge.__version__}: local cluster at {ctx.address} with {cpus} "
+            f"worker processes, first result {started:.2f} s after start\n"
+        )
         print("1) map-reduce word count (tasks with num_returns, refs as arguments)")
         _load_example("wordcount").main()
         print("\n2) a lazy graph, optimized before it runs (cull, fuse, order)")

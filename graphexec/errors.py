@@ -120,7 +120,7 @@ class TaskError(GraphexecError):
         ):
             return self
         try:
-            derived = _derived_class(cause_cls)
+            derived: Any = _derived_class(cause_cls)
             err = derived.__new__(derived)
             # initialise both bases' state without calling the user's __init__
             err.args = self.cause.args if self.cause is not None else ()

@@ -23,17 +23,43 @@ from graphexec.client.session import LocalCluster
 from graphexec.graph.options import DEFAULT_OPTIONS
 
 __all__ = [
-    "RuntimeContext", "available_resources", "cancel", "cluster_resources", "compute",
-    "get", "get_runtime_context", "init", "is_initialized", "nodes", "persist", "put",
-    "remote", "shutdown", "submit", "wait",
+    "RuntimeContext",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "compute",
+    "get",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "nodes",
+    "persist",
+    "put",
+    "remote",
+    "shutdown",
+    "submit",
+    "wait",
 ]
 
 T = TypeVar("T")
 
 _INIT_KEYWORDS = (
-    "address", "num_cpus", "num_gpus", "resources", "object_store_memory", "memory",
-    "include_dashboard", "dashboard_port", "dashboard_host", "namespace", "log_to_driver",
-    "ignore_reinit_error", "eager", "logging_level", "runtime_env", "_validate",
+    "address",
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "object_store_memory",
+    "memory",
+    "include_dashboard",
+    "dashboard_port",
+    "dashboard_host",
+    "namespace",
+    "log_to_driver",
+    "ignore_reinit_error",
+    "eager",
+    "logging_level",
+    "runtime_env",
+    "_validate",
 )
 
 _session_lock = threading.Lock()
@@ -79,33 +105,42 @@ def init(address: str | None = None, **kwargs: Any) -> RuntimeContext:
     Examples
     --------
     >>> import graphexec
-    >>> ctx = graphexec.init(num_cpus=2)          # doctest: +SKIP
-    >>> graphexec.shutdown()                       # doctest: +SKIP
+    >>> ctx = graphexec.init(num_cpus=2)  # doctest: +SKIP
+    >>> graphexec.shutdown()  # doctest: +SKIP
     """
     unknown = sorted(set(kwargs) - set(_INIT_KEYWORDS))
     if unknown:
-        raise TypeError(f"init() got unknown keyword(s) {unknown}; valid keywords are "
-                        f"{', '.join(k for k in _INIT_KEYWORDS if not k.startswith('_'))}")
+        raise TypeError(
+            f"init() got unknown keyword(s) {unknown}; valid keywords are "
+            f"{', '.join(k for k in _INIT_KEYWORDS if not k.startswith('_'))}"
+        )
     with _session_lock:
         if _session:
             if kwargs.get("ignore_reinit_error"):
                 return _session["context"]  # type: ignore[no-any-return]
-            raise RuntimeError("graphexec.init() was already called in this process; call "
-                               "graphexec.shutdown() first, or pass ignore_reinit_error=True")
+            raise RuntimeError(
+                "graphexec.init() was already called in this process; call "
+                "graphexec.shutdown() first, or pass ignore_reinit_error=True"
+            )
         cluster = None
         token = os.environ.get("GRAPHEXEC_TOKEN", "")
         if address is None:
             resources = dict(kwargs.get("resources") or {})
             cluster = LocalCluster.start(
-                num_cpus=kwargs.get("num_cpus"), num_gpus=kwargs.get("num_gpus"),
-                resources=resources, memory=kwargs.get("memory"),
-                validate=bool(kwargs.get("_validate")))
+                num_cpus=kwargs.get("num_cpus"),
+                num_gpus=kwargs.get("num_gpus"),
+                resources=resources,
+                memory=kwargs.get("memory"),
+                validate=bool(kwargs.get("_validate")),
+            )
             address, token = cluster.address, cluster.token
         else:
             address = _resolve_address(address)
             if not token:
-                raise ValueError("connecting to a running cluster needs its token: set the "
-                                 "GRAPHEXEC_TOKEN environment variable")
+                raise ValueError(
+                    "connecting to a running cluster needs its token: set the "
+                    "GRAPHEXEC_TOKEN environment variable"
+                )
         client = Client(address, token=token, eager=bool(kwargs.get("eager", False)))
         try:
             client.start_in_thread()
@@ -117,11 +152,14 @@ def init(address: str | None = None, **kwargs: Any) -> RuntimeContext:
                 died = cluster.exited()
                 cluster.stop()
                 if died:
-                    raise RuntimeError(f"the local cluster failed to start: {died}; run with "
-                                       "GRAPHEXEC_LOG_LEVEL=INFO for details") from err
+                    raise RuntimeError(
+                        f"the local cluster failed to start: {died}; run with "
+                        "GRAPHEXEC_LOG_LEVEL=INFO for details"
+                    ) from err
             raise
-        context = RuntimeContext(address=address.removeprefix("tcp://"),
-                                 namespace=kwargs.get("namespace"))
+        context = RuntimeContext(
+            address=address.removeprefix("tcp://"), namespace=kwargs.get("namespace")
+        )
         _session.update(client=client, cluster=cluster, context=context)
         set_current_client(client)
         atexit.register(shutdown)
@@ -132,8 +170,10 @@ def _resolve_address(address: str) -> str:
     if address == "auto":
         address = os.environ.get("GRAPHEXEC_ADDRESS", "")
         if not address:
-            raise ConnectionError("init(address='auto') found no running cluster: set "
-                                  "GRAPHEXEC_ADDRESS, or call init() to start a local one")
+            raise ConnectionError(
+                "init(address='auto') found no running cluster: set "
+                "GRAPHEXEC_ADDRESS, or call init() to start a local one"
+            )
     return address if "://" in address else f"tcp://{address}"
 
 
@@ -184,20 +224,24 @@ def remote(*args: Any, **options: Any) -> Any:
 def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
     if inspect.isclass(obj):
         raise NotImplementedError(
-            "actors (@remote on a class) are not available yet in this version of graphexec")
+            "actors (@remote on a class) are not available yet in this version of graphexec"
+        )
     return RemoteFunction(obj, DEFAULT_OPTIONS.merge(**options))
 
 
 def _check_refs(value: Any, what: str) -> list[ObjectRef[Any]]:
     items = value if isinstance(value, (list, tuple)) else None
     if items is None:
-        raise TypeError(f"{what} expects an ObjectRef or a list of ObjectRefs, got "
-                        f"{type(value).__name__}")
+        raise TypeError(
+            f"{what} expects an ObjectRef or a list of ObjectRefs, got {type(value).__name__}"
+        )
     for item in items:
         if not isinstance(item, ObjectRef):
-            raise TypeError(f"{what} expects ObjectRefs, got an element of type "
-                            f"{type(item).__name__}; pass the refs returned by .remote() "
-                            "or put()")
+            raise TypeError(
+                f"{what} expects ObjectRefs, got an element of type "
+                f"{type(item).__name__}; pass the refs returned by .remote() "
+                "or put()"
+            )
     return list(items)
 
 
@@ -228,17 +272,23 @@ def _client_of(ref: ObjectRef[Any]) -> Client:
     return client  # type: ignore[no-any-return]
 
 
-def wait(refs: Sequence[ObjectRef[Any]], *, num_returns: int = 1,
-         timeout: float | None = None, fetch_local: bool = True
-         ) -> tuple[list[ObjectRef[Any]], list[ObjectRef[Any]]]:
+def wait(
+    refs: Sequence[ObjectRef[Any]],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef[Any]], list[ObjectRef[Any]]]:
     """Return ``(ready, not_ready)`` once ``num_returns`` refs are done or at ``timeout``.
 
     ``ready`` is in completion order (Ray returns input order; documented difference).
     """
     items = _check_refs(refs, "wait()")
     if not 0 <= num_returns <= len(items):
-        raise ValueError(f"num_returns must be between 0 and {len(items)} (the number of "
-                         f"refs), got {num_returns}")
+        raise ValueError(
+            f"num_returns must be between 0 and {len(items)} (the number of "
+            f"refs), got {num_returns}"
+        )
     if num_returns == 0 or not items:
         return [], list(items)
     by_key: dict[str, ObjectRef[Any]] = {}
@@ -292,9 +342,16 @@ def nodes() -> list[dict[str, Any]]:
     info = current_client().request({"op": "cluster-info"})
     out = []
     for node in info["nodes"]:
-        out.append({"NodeID": node["node_id"], "Alive": node["alive"],
-                    "NodeManagerAddress": node["host"], "Resources": node["resources"],
-                    "Workers": node["workers"], "Pid": node["pid"]})
+        out.append(
+            {
+                "NodeID": node["node_id"],
+                "Alive": node["alive"],
+                "NodeManagerAddress": node["host"],
+                "Resources": node["resources"],
+                "Workers": node["workers"],
+                "Pid": node["pid"],
+            }
+        )
     return out
 
 
@@ -315,7 +372,3 @@ async def _await_ref(ref: ObjectRef[Any]) -> Any:
     import asyncio
 
     return await asyncio.get_running_loop().run_in_executor(None, get, ref)
-
-
-
-

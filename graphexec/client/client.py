@@ -101,8 +101,9 @@ class Client:
     def start_in_thread(self, timeout: float = 10.0) -> None:
         """Run the client's loop on its own daemon thread and connect (driver)."""
         loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=loop.run_forever, name="graphexec-client-io",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=loop.run_forever, name="graphexec-client-io", daemon=True
+        )
         self._thread.start()
         self._loop = loop
         try:
@@ -213,8 +214,8 @@ class Client:
             self._want(external)
         if not graph:
             return
-        for ref in lazy:
-            ref.consume()
+        for lazy_ref in lazy:
+            lazy_ref.consume()
         with self._lock:
             wants = [k for k in graph if self._counts.get(k, 0) > 0]
             self._submitted.update(wants)
@@ -227,8 +228,7 @@ class Client:
             if fid not in self._sent_functions:
                 functions[fid] = blob
                 self._sent_functions.add(fid)
-        self._send({"op": "update-graph", "tasks": tasks, "wants": wants,
-                    "functions": functions})
+        self._send({"op": "update-graph", "tasks": tasks, "wants": wants, "functions": functions})
         for ref in refs_list:
             ref._node = None  # submitted: the scheduler holds the graph now
 
@@ -246,9 +246,14 @@ class Client:
         if demand is None:
             demand = self._demands[options] = options.demand()
         return {
-            "key": node.key, "payload": dumps_task(node, self.functions),
-            "deps": list(node.dependencies), "fids": fids, "prefix": key_name(node.key),
-            "priority": priority, "demand": demand, "retries": options.max_retries,
+            "key": node.key,
+            "payload": dumps_task(node, self.functions),
+            "deps": list(node.dependencies),
+            "fids": fids,
+            "prefix": key_name(node.key),
+            "priority": priority,
+            "demand": demand,
+            "retries": options.max_retries,
         }
 
     def _want(self, keys: list[str]) -> None:
@@ -285,22 +290,25 @@ class Client:
         self._wait_for(keys, len(set(keys)), timeout)
         return [self._value(key) for key in keys]
 
-    def wait(self, refs: Sequence[ObjectRef[Any]], num_returns: int,
-             timeout: float | None) -> tuple[list[str], list[str]]:
+    def wait(
+        self, refs: Sequence[ObjectRef[Any]], num_returns: int, timeout: float | None
+    ) -> tuple[list[str], list[str]]:
         """Keys done (in completion order) once ``num_returns`` are, or at the timeout."""
         self.submit(refs)
         keys = list(dict.fromkeys(r.key for r in refs))
         with self._lock:
-            already = [k for k in keys if k in self._results
-                       and self._results[k].status != "pending"]
+            already = [
+                k for k in keys if k in self._results and self._results[k].status != "pending"
+            ]
         waiter = self._wait_for(keys, num_returns, timeout, raise_timeout=False)
         done = already + (waiter.order if waiter is not None else [])
         done = done[:num_returns]
         done_set = set(done)
         return done, [k for k in keys if k not in done_set]
 
-    def _wait_for(self, keys: list[str], target: int, timeout: float | None,
-                  *, raise_timeout: bool = True) -> _Waiter | None:
+    def _wait_for(
+        self, keys: list[str], target: int, timeout: float | None, *, raise_timeout: bool = True
+    ) -> _Waiter | None:
         with self._lock:
             pending = []
             for key in dict.fromkeys(keys):
@@ -360,8 +368,9 @@ class Client:
         for attempt in range(FETCH_ATTEMPTS):
             for address in who_has:
                 try:
-                    ops, frames = await self._pool.request(address, {"op": "get-data",
-                                                                     "keys": [key]})
+                    ops, frames = await self._pool.request(
+                        address, {"op": "get-data", "keys": [key]}
+                    )
                 except (CommClosedError, OSError) as err:
                     last = err
                     continue
@@ -370,8 +379,9 @@ class Client:
                         return op_frames
             # a put may still be on its way to the worker that will hold it
             await asyncio.sleep(0.01 * (attempt + 1))
-        raise errors.ObjectLostError(f"object {key} could not be fetched from {who_has}: "
-                                     f"{last or 'not found'}")
+        raise errors.ObjectLostError(
+            f"object {key} could not be fetched from {who_has}: {last or 'not found'}"
+        )
 
     # ------------------------------------------------------------------ scheduler link
 
@@ -379,12 +389,15 @@ class Client:
         assert self._comm is not None
         try:
             while True:
-                ops, frames = await self._comm.read()
+                ops, _frames = await self._comm.read()
                 self._handle_batch(ops)
         except CommClosedError as err:
             if not self._closed:
-                self._fail_all(SchedulerLostError(
-                    f"lost the connection to the scheduler at {self.scheduler_address}: {err}"))
+                self._fail_all(
+                    SchedulerLostError(
+                        f"lost the connection to the scheduler at {self.scheduler_address}: {err}"
+                    )
+                )
 
     def _handle_batch(self, ops: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -529,9 +542,12 @@ def _make_error(exc: dict[str, Any], origin: str) -> BaseException:
         try:
             cause, tb = ser.loads_exception(pickled)
         except Exception:  # the class may not import here: keep the text
-            cause, tb = RuntimeError(f"{exc.get('type')}: {exc.get('message')}"), exc.get(
-                "traceback", "")
-        return errors.TaskError(exc.get("function", ""), tb, cause,
-                                key=origin).as_instanceof_cause()
+            cause, tb = (
+                RuntimeError(f"{exc.get('type')}: {exc.get('message')}"),
+                exc.get("traceback", ""),
+            )
+        return errors.TaskError(
+            exc.get("function", ""), tb, cause, key=origin
+        ).as_instanceof_cause()
     cls = _ERRORS.get(exc.get("type", ""), errors.GraphexecError)
     return cls(exc.get("message", "task failed"))

@@ -39,7 +39,7 @@ class _CountedRef(TaskRef):
         client = self._client
         if client is not None:
             self._client = None
-            try:
+            try:  # noqa: SIM105 -- contextlib may be gone at interpreter shutdown
                 client._decref(self.key)
             except Exception:  # interpreter shutdown: nothing left to release
                 pass

@@ -27,8 +27,13 @@ R = TypeVar("R")
 class RemoteFunction(Generic[R]):
     """A function that runs as a task on the cluster. Call it with ``.remote(...)``."""
 
-    def __init__(self, func: Callable[..., R], options: TaskOptions = DEFAULT_OPTIONS,
-                 *, resolve: Resolve = "top") -> None:
+    def __init__(
+        self,
+        func: Callable[..., R],
+        options: TaskOptions = DEFAULT_OPTIONS,
+        *,
+        resolve: Resolve = "top",
+    ) -> None:
         if not callable(func):
             raise TypeError(f"@remote needs a function or a class, got {type(func).__name__}")
         self._func = func
@@ -84,8 +89,7 @@ class RemoteFunction(Generic[R]):
         return f"<RemoteFunction {self._name}>"
 
 
-def _getitem_ref(client: Any, ref: ObjectRef[Any], index: int,
-                 opts: TaskOptions) -> ObjectRef[Any]:
+def _getitem_ref(client: Any, ref: ObjectRef[Any], index: int, opts: TaskOptions) -> ObjectRef[Any]:
     client.functions.register(operator.getitem)
     key = f"{ref.key}-{index}"
     light = DEFAULT_OPTIONS.merge(num_cpus=0.0, max_retries=opts.max_retries)
@@ -93,8 +97,7 @@ def _getitem_ref(client: Any, ref: ObjectRef[Any], index: int,
     return ObjectRef(key, node, client)
 
 
-def delayed(func: Callable[..., R] | None = None, *, pure: bool = False,
-            **options: Any) -> Any:
+def delayed(func: Callable[..., R] | None = None, *, pure: bool = False, **options: Any) -> Any:
     """Dask-style: ``delayed(f)(*args)`` returns an ObjectRef; refs nested anywhere resolve.
 
     >>> inc = delayed(lambda x: x + 1)

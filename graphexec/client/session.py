@@ -36,9 +36,16 @@ class LocalCluster:
         self.procs = procs
 
     @classmethod
-    def start(cls, *, num_cpus: float | None = None, num_gpus: float | None = None,
-              resources: dict[str, float] | None = None, memory: float | None = None,
-              host: str = "127.0.0.1", validate: bool = False) -> LocalCluster:
+    def start(
+        cls,
+        *,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        resources: dict[str, float] | None = None,
+        memory: float | None = None,
+        host: str = "127.0.0.1",
+        validate: bool = False,
+    ) -> LocalCluster:
         token = secrets.token_hex(32)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -48,18 +55,38 @@ class LocalCluster:
         address = f"tcp://{host}:{port}"
         env = dict(os.environ, GRAPHEXEC_TOKEN=token)
         owner = str(os.getpid())
-        common: dict[str, Any] = {"env": env, "stdin": subprocess.DEVNULL,
-                                  "start_new_session": True}
+        common: dict[str, Any] = {
+            "env": env,
+            "stdin": subprocess.DEVNULL,
+            "start_new_session": True,
+        }
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            sched_cmd = [sys.executable, "-m", "graphexec.scheduler", "--fd",
-                         str(sock.fileno()), "--owner-pid", owner]
+            sched_cmd = [
+                sys.executable,
+                "-m",
+                "graphexec.scheduler",
+                "--fd",
+                str(sock.fileno()),
+                "--owner-pid",
+                owner,
+            ]
             if validate:
                 sched_cmd.append("--validate")
             procs.append(subprocess.Popen(sched_cmd, pass_fds=(sock.fileno(),), **common))
-            node_cmd = [sys.executable, "-m", "graphexec.worker.nodemanager", "--scheduler",
-                        address, "--owner-pid", owner, "--host", host,
-                        "--resources", json.dumps(resources or {})]
+            node_cmd = [
+                sys.executable,
+                "-m",
+                "graphexec.worker.nodemanager",
+                "--scheduler",
+                address,
+                "--owner-pid",
+                owner,
+                "--host",
+                host,
+                "--resources",
+                json.dumps(resources or {}),
+            ]
             if num_cpus is not None:
                 node_cmd += ["--num-cpus", str(num_cpus)]
             if num_gpus is not None:
@@ -77,8 +104,11 @@ class LocalCluster:
     def exited(self) -> str:
         """Which of the cluster's processes already exited, in words ('' if none)."""
         names = ("scheduler", "node manager")
-        return ", ".join(f"the {name} exited with code {proc.returncode}"
-                         for name, proc in zip(names, self.procs) if proc.poll() is not None)
+        return ", ".join(
+            f"the {name} exited with code {proc.returncode}"
+            for name, proc in zip(names, self.procs, strict=False)
+            if proc.poll() is not None
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         """Node manager first (it stops its workers), then the scheduler."""

@@ -113,8 +113,9 @@ class BatchedSend:
 class ConnectionPool:
     """Reusable connections for request/response exchanges with many peers."""
 
-    def __init__(self, token: bytes | str, *, limit_per_peer: int = 4,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, token: bytes | str, *, limit_per_peer: int = 4, timeout: float = 10.0
+    ) -> None:
         self._token = token
         self._idle: dict[str, list[Comm]] = defaultdict(list)
         self._limit = limit_per_peer
@@ -146,8 +147,9 @@ class ConnectionPool:
             else:
                 comm.abort()
 
-    async def request(self, address: str, op: dict[str, Any],
-                      frames: Sequence[Frame] = ()) -> tuple[list[dict[str, Any]], list[Frame]]:
+    async def request(
+        self, address: str, op: dict[str, Any], frames: Sequence[Frame] = ()
+    ) -> tuple[list[dict[str, Any]], list[Frame]]:
         """Send one op, return the reply batch."""
         async with self.connection(address) as comm:
             await comm.write([op], frames)

@@ -64,12 +64,12 @@ def _identity(x: Any) -> Any:
 
 
 def from_dask(
-    dsk: Mapping[Any, Any], keys: Iterable[Any] | None = None
+    dsk: Mapping[Any, Any], keys: Any = None
 ) -> tuple[dict[str, Node], dict[Hashable, str]]:
     """Convert a Dask graph; return ``(graph, {dask_key: our_key})``.
 
-    With ``keys`` (possibly nested lists, as ``__dask_keys__()`` gives them), the graph is
-    culled to what those keys need. The key map covers every Dask key that appears,
+    With ``keys`` (one key, or possibly nested lists of keys as ``__dask_keys__()`` gives
+    them), the graph is culled to what those keys need. The key map covers every Dask key that appears,
     external references included.
 
     >>> from operator import add
@@ -99,7 +99,8 @@ def from_dask(
         else:  # pragma: no cover - convert_legacy_graph returns GraphNodes only
             raise TypeError(f"unexpected Dask graph value for {dkey!r}: {node!r}")
     if keys is not None:
-        graph = cull(graph, [names.get(k, str(k)) for k in _flatten(keys)])
+        wanted = [keys] if isinstance(keys, (str, tuple)) else _flatten(keys)
+        graph = cull(graph, [names.get(k, repr(k)) for k in wanted])
     return graph, names
 
 

@@ -77,7 +77,7 @@ class _Edges:
 
     def __init__(self) -> None:
         self.in_deps: dict[str, frozenset[str]] = {}
-        self.n_users: dict[str, int] = {}
+        self.n_users: dict[str, int] = {}  # may hold culled keys too, at 0
         self.a_user: dict[str, str] = {}
         self.height: dict[str, int] = {}
         self.data_keys: list[str] = []
@@ -86,6 +86,7 @@ class _Edges:
 def _scan(graph: Mapping[str, Node], roots: Iterable[str]) -> tuple[Mapping[str, Node], _Edges]:
     """Cull to what ``roots`` need and analyse it, in one iterative post-order walk."""
     e = _Edges()
+    e.n_users = dict.fromkeys(graph, 0)  # one C-speed pass beats a check per node
     in_deps, n_users, a_user, height = e.in_deps, e.n_users, e.a_user, e.height
     stack = [k for k in roots if k in graph]
     while stack:
@@ -110,8 +111,6 @@ def _scan(graph: Mapping[str, Node], roots: Iterable[str]) -> tuple[Mapping[str,
                 deps = frozenset(d for d in deps if d in graph)
                 break
         in_deps[key] = deps
-        if key not in n_users:
-            n_users[key] = 0
         if type(node) is DataNode:
             e.data_keys.append(key)
         if not deps:
@@ -119,7 +118,7 @@ def _scan(graph: Mapping[str, Node], roots: Iterable[str]) -> tuple[Mapping[str,
             continue
         stack.append(key)
         for dep in deps:
-            n_users[dep] = n_users.get(dep, 0) + 1
+            n_users[dep] += 1
             a_user[dep] = key
         stack.extend(deps)
     if len(in_deps) == len(graph):
@@ -176,9 +175,9 @@ def _inline(graph: Mapping[str, Node], keep: set[str], e: _Edges) -> Mapping[str
     consts: dict[str, Any] = {}
     for key in e.data_keys:
         node = graph[key]
-        cheap = isinstance(node, DataNode) and _is_cheap(node.value)
-        if cheap and e.n_users[key] and key not in keep:
-            consts[key] = node.value  # type: ignore[union-attr]
+        used = e.n_users[key] and key not in keep
+        if used and isinstance(node, DataNode) and _is_cheap(node.value):
+            consts[key] = node.value
     if not consts:
         return graph
     users: dict[str, None] = {}  # ordered set
@@ -262,15 +261,15 @@ def fuse(graph: Mapping[str, Node], keep: Iterable[str] = ()) -> dict[str, Node]
 
 
 def _fuse(graph: Mapping[str, Node], keep: set[str], e: _Edges) -> Mapping[str, Node]:
-    in_deps, a_user = e.in_deps, e.a_user
+    in_deps, n_users, a_user = e.in_deps, e.n_users, e.a_user
     child: dict[str, str] = {}
-    for key, n in e.n_users.items():
-        if n != 1 or key in keep:
+    for key, node in graph.items():
+        if n_users[key] != 1 or key in keep:
             continue
         nxt = a_user[key]
         if len(in_deps[nxt]) != 1:
             continue
-        node, nxt_node = graph[key], graph[nxt]
+        nxt_node = graph[nxt]
         opts = node.options
         # a DataNode needs no resources, so it may join a task with any options
         if not (type(node) is DataNode or opts is nxt_node.options or opts == nxt_node.options):
@@ -318,11 +317,14 @@ def _receives_value(node: Node, key: str) -> bool:
 
 def _nested_in(task: Task, key: str) -> bool:
     """Whether ``key`` is referenced inside a container argument of ``task``."""
-    for args in (task.args, task.kwargs.values()) if task.kwargs else (task.args,):
-        for arg in args:
-            flat = type(arg) in _FLAT_ARGS or isinstance(arg, TaskRef)
-            if not flat and key in find_refs(arg):
-                return True
+    for arg in task.args:
+        if type(arg) not in _FLAT_ARGS and not isinstance(arg, TaskRef) and key in find_refs(arg):
+            return True
+    if task.kwargs:
+        return any(
+            type(arg) not in _FLAT_ARGS and not isinstance(arg, TaskRef) and key in find_refs(arg)
+            for arg in task.kwargs.values()
+        )
     return False
 
 

@@ -58,9 +58,7 @@ def _resources(name: str, value: Any) -> tuple[tuple[str, float], ...]:
         if not isinstance(key, str):
             raise TypeError(f"resource names must be strings, got {key!r}")
         if key in ("CPU", "GPU"):
-            raise ValueError(
-                f"use num_cpus= / num_gpus= instead of resources={{{key!r}: ...}}"
-            )
+            raise ValueError(f"use num_cpus= / num_gpus= instead of resources={{{key!r}: ...}}")
         out.append((key, _non_negative_number(f"resources[{key!r}]", amount)))
     return tuple(sorted(out))
 

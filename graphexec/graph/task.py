@@ -116,7 +116,7 @@ def substitute(obj: Any, values: Mapping[str, Any], *, deep: bool = True) -> Any
     1
     """
     if isinstance(obj, TaskRef):
-        return values[obj.key] if obj.key in values else obj
+        return values.get(obj.key, obj)
     if not deep:
         return obj
     typ = type(obj)
@@ -182,9 +182,7 @@ class Task:
 
     def with_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
         """A copy of this task with other arguments (used by inlining)."""
-        return Task(
-            self.key, self.func, args, kwargs, resolve=self.resolve, options=self.options
-        )
+        return Task(self.key, self.func, args, kwargs, resolve=self.resolve, options=self.options)
 
     def __repr__(self) -> str:
         name = getattr(self.func, "__name__", repr(self.func))

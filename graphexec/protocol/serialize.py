@@ -203,7 +203,7 @@ def _dumps(obj: Any, *, out_of_band: bool) -> tuple[bytes, list[memoryview]]:
     except Exception:  # user code: any object's __reduce__ may raise anything
         pass
     else:
-        if not _needs_by_value(head):
+        if not needs_by_value(head):
             return head, buffers
         by_reference = head, buffers
     buffers = []
@@ -232,7 +232,7 @@ def _collector(buffers: list[memoryview]) -> Callable[[pickle.PickleBuffer], boo
     return collect
 
 
-def _needs_by_value(head: bytes) -> bool:
+def needs_by_value(head: bytes) -> bool:
     # A pickle naming __main__ (or a module registered for by-value pickling) refers to
     # definitions that only exist in this process. A false positive (the string occurs in
     # the data) only costs a slower cloudpickle pass.

@@ -28,6 +28,7 @@ import cloudpickle
 
 from graphexec.graph.options import DEFAULT_OPTIONS
 from graphexec.graph.task import DataNode, Fused, Task
+from graphexec.protocol.serialize import needs_by_value
 
 __all__ = ["FunctionRegistry", "dumps_task", "loads_task"]
 
@@ -74,8 +75,7 @@ def _encode(node: Any, registry: FunctionRegistry) -> tuple[Any, ...]:
         fid = registry.lookup(node.func)
         func: Any = fid if fid is not None else node.func
         options = None if node.options == DEFAULT_OPTIONS else node.options
-        return ("t", node.key, fid is not None, func, node.args, node.kwargs,
-                node.resolve, options)
+        return ("t", node.key, fid is not None, func, node.args, node.kwargs, node.resolve, options)
     if isinstance(node, Fused):
         return ("f", tuple(_encode(n, registry) for n in node.nodes))
     if isinstance(node, DataNode):
@@ -89,8 +89,14 @@ def _decode(data: tuple[Any, ...], load_function: Callable[[str], Any]) -> Any:
         _, key, by_id, func, args, kwargs, resolve, options = data
         if by_id:
             func = load_function(func)
-        return Task(key, func, args, kwargs, resolve=resolve,
-                    options=options if options is not None else DEFAULT_OPTIONS)
+        return Task(
+            key,
+            func,
+            args,
+            kwargs,
+            resolve=resolve,
+            options=options if options is not None else DEFAULT_OPTIONS,
+        )
     if kind == "f":
         return Fused(_decode(n, load_function) for n in data[1])
     if kind == "d":
@@ -102,11 +108,14 @@ def dumps_task(node: Any, registry: FunctionRegistry) -> bytes:
     """Pickle a graph node, replacing registered functions by their ids."""
     encoded = _encode(node, registry)
     try:
-        return pickle.dumps(encoded, protocol=5)
+        data = pickle.dumps(encoded, protocol=5)
+        if not needs_by_value(data):
+            return data
     except Exception:  # not picklable by reference: cloudpickle pickles by value
         pass
     try:
-        return cloudpickle.dumps(encoded, protocol=5)
+        data: bytes = cloudpickle.dumps(encoded, protocol=5)
+        return data
     except Exception as err:  # pickling user objects can raise anything
         raise TypeError(
             f"cannot serialize the arguments of task {getattr(node, 'key', node)!r}: "

@@ -19,8 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m graphexec.scheduler")
     parser.add_argument("--address", default="tcp://127.0.0.1:0")
     parser.add_argument("--fd", type=int, default=None, help="adopt this listening socket")
-    parser.add_argument("--owner-pid", type=int, default=None,
-                        help="exit when this process exits")
+    parser.add_argument("--owner-pid", type=int, default=None, help="exit when this process exits")
     parser.add_argument("--validate", action="store_true")
     args = parser.parse_args(argv)
     if args.owner_pid:
@@ -30,10 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     if not token:
         parser.error("GRAPHEXEC_TOKEN must be set")
     sock = socket.socket(fileno=args.fd) if args.fd is not None else None
-    scheduler = Scheduler(token=token, address=args.address, sock=sock,
-                          validate=args.validate)
-    run_server(scheduler.start, scheduler.close, scheduler.finished.wait,
-               owner_pid=args.owner_pid)
+    scheduler = Scheduler(token=token, address=args.address, sock=sock, validate=args.validate)
+    run_server(scheduler.start, scheduler.close, scheduler.finished.wait, owner_pid=args.owner_pid)
 
 
 if __name__ == "__main__":

@@ -77,8 +77,9 @@ def _fits_worker(ts: TaskState, ws: WorkerState, allowance: float) -> bool:
     if cpus > ws.cpus:
         # a multi-CPU task: this worker must be idle, siblings lend the rest
         return not ws.processing and ws.node.idle_cpus() >= cpus
-    if ts.has_extra_demand:
-        # tasks holding GPUs or custom resources are not queued behind others
+    if ts.has_extra_demand or ws.lent_cpus:
+        # tasks holding GPUs or custom resources are not queued behind others, and a
+        # worker lending its CPU to a sibling's multi-CPU task runs nothing it cannot fit
         return ws.assigned_cpus + cpus <= capacity
     return ws.assigned_cpus + cpus <= capacity * (1.0 + allowance)
 

@@ -40,8 +40,14 @@ Handler = Callable[[str, dict[str, Any], list[Any]], list[Send]]
 class Scheduler:
     """Serve the scheduler on ``address`` (or an adopted listening socket)."""
 
-    def __init__(self, *, token: str, address: str = "tcp://127.0.0.1:0",
-                 sock: socket.socket | None = None, validate: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        token: str,
+        address: str = "tcp://127.0.0.1:0",
+        sock: socket.socket | None = None,
+        validate: bool = False,
+    ) -> None:
         self.token = token
         self.state = SchedulerState(validate=validate)
         self._address = address
@@ -58,26 +64,35 @@ class Scheduler:
             "release-keys": lambda cid, op, _: self.state.handle_release_keys(cid, op["keys"]),
             "want-keys": lambda cid, op, _: self.state.handle_want_keys(cid, op["keys"]),
             "put": self.handle_put,
-            "cancel": lambda cid, op, _: self.state.handle_cancel(op["keys"],
-                                                                  force=op.get("force", False)),
+            "cancel": lambda cid, op, _: self.state.handle_cancel(
+                op["keys"], force=op.get("force", False)
+            ),
             "cluster-info": self.handle_cluster_info,
             "explain-pending": self.handle_explain_pending,
             "shutdown-cluster": self.handle_shutdown_cluster,
         }
         self._worker_handlers: dict[str, Handler] = {
             "task-finished": lambda wid, op, _: self.state.handle_task_finished(
-                wid, op["key"], op["run_id"], op["nbytes"], op.get("inline"),
-                op.get("duration", 0.0)),
+                wid,
+                op["key"],
+                op["run_id"],
+                op["nbytes"],
+                op.get("inline"),
+                op.get("duration", 0.0),
+            ),
             "task-erred": lambda wid, op, _: self.state.handle_task_erred(
-                wid, op["key"], op["run_id"], op["exception"], op.get("retryable", False)),
+                wid, op["key"], op["run_id"], op["exception"], op.get("retryable", False)
+            ),
             "task-blocked": lambda wid, op, _: self.state.handle_task_blocked(
-                wid, op["key"], op["blocked"]),
+                wid, op["key"], op["blocked"]
+            ),
         }
         self._node_handlers: dict[str, Handler] = {}
 
     async def start(self) -> None:
-        self._listener = await listen(self._address, self._handle_comm, token=self.token,
-                                      sock=self._sock)
+        self._listener = await listen(
+            self._address, self._handle_comm, token=self.token, sock=self._sock
+        )
         self.address = self._listener.address
         logger.info("scheduler listening at %s", self.address)
 
@@ -107,11 +122,17 @@ class Scheduler:
             first = ops[0] if isinstance(ops, list) and ops else {}
             role = self._register(comm, first)
             if role is None:
-                logger.warning("dropping %s: first op %r is not a registration", comm.peer,
-                               first.get("op") if isinstance(first, dict) else first)
+                logger.warning(
+                    "dropping %s: first op %r is not a registration",
+                    comm.peer,
+                    first.get("op") if isinstance(first, dict) else first,
+                )
                 return
-            handlers = {"client": self._client_handlers, "worker": self._worker_handlers,
-                        "node": self._node_handlers}[role[0]]
+            handlers = {
+                "client": self._client_handlers,
+                "worker": self._worker_handlers,
+                "node": self._node_handlers,
+            }[role[0]]
             pairs = split_frames(ops[1:], frames)
             while True:
                 for op, op_frames in pairs:
@@ -130,8 +151,13 @@ class Scheduler:
             if role is not None and not self._closing:
                 self._unregister(role)
 
-    def _dispatch(self, role: tuple[str, str], handlers: dict[str, Handler],
-                  op: dict[str, Any], frames: list[Any]) -> None:
+    def _dispatch(
+        self,
+        role: tuple[str, str],
+        handlers: dict[str, Handler],
+        op: dict[str, Any],
+        frames: list[Any],
+    ) -> None:
         name = op.get("op") if isinstance(op, dict) else None
         handler = handlers.get(name) if isinstance(name, str) else None
         if handler is None:
@@ -157,12 +183,19 @@ class Scheduler:
             return None
         self._peers[role] = BatchedSend(comm)
         if role[0] == "worker":
-            self._execute(self.state.handle_add_worker(
-                role[1], op["address"], op["node"], float(op.get("cpus", 1.0)),
-                int(op.get("pid", 0))))
+            self._execute(
+                self.state.handle_add_worker(
+                    role[1],
+                    op["address"],
+                    op["node"],
+                    float(op.get("cpus", 1.0)),
+                    int(op.get("pid", 0)),
+                )
+            )
         elif role[0] == "node":
-            self._execute(self.state.handle_add_node(role[1], op["resources"],
-                                                     op.get("host", "127.0.0.1")))
+            self._execute(
+                self.state.handle_add_node(role[1], op["resources"], op.get("host", "127.0.0.1"))
+            )
             self.state.nodes[role[1]].pid = int(op.get("pid", 0))
         if "rid" in op:
             self._reply(role, op, result={"scheduler": self.address})
@@ -198,8 +231,9 @@ class Scheduler:
     # ------------------------------------------------------------------ client ops
 
     def handle_update_graph(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
-        return self.state.handle_update_graph(cid, op["tasks"], op.get("wants", ()),
-                                              op.get("functions"))
+        return self.state.handle_update_graph(
+            cid, op["tasks"], op.get("wants", ()), op.get("functions")
+        )
 
     def handle_put(self, cid: str, op: dict[str, Any], frames: list[Any]) -> list[Send]:
         nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
@@ -212,27 +246,37 @@ class Scheduler:
             if batched is not None:
                 batched.send({"op": "store-data", "key": op["key"]}, frames)
             frames = []
-        out = self.state.handle_put(cid, op["key"], [bytes(f) for f in frames], nbytes,
-                                    worker_id)
+        out = self.state.handle_put(cid, op["key"], [bytes(f) for f in frames], nbytes, worker_id)
         return out
 
     def handle_cluster_info(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
         st = self.state
         nodes = [
-            {"node_id": n.id, "host": n.host, "resources": n.total, "alive": True,
-             "workers": [{"worker_id": w.id, "address": w.address, "pid": w.pid}
-                         for w in n.workers.values()], "pid": n.pid}
+            {
+                "node_id": n.id,
+                "host": n.host,
+                "resources": n.total,
+                "alive": True,
+                "workers": [
+                    {"worker_id": w.id, "address": w.address, "pid": w.pid}
+                    for w in n.workers.values()
+                ],
+                "pid": n.pid,
+            }
             for n in st.nodes.values()
         ]
         tasks_by_state: dict[str, int] = {}
         for ts in st.tasks.values():
             tasks_by_state[ts.state] = tasks_by_state.get(ts.state, 0) + 1
         info = {
-            "address": self.address, "pid": os.getpid(),
+            "address": self.address,
+            "pid": os.getpid(),
             "cluster_resources": st.cluster_resources(),
             "available_resources": st.available_resources(),
-            "nodes": nodes, "tasks": tasks_by_state,
-            "workers": len(st.workers), "clients": len(st.clients),
+            "nodes": nodes,
+            "tasks": tasks_by_state,
+            "workers": len(st.workers),
+            "clients": len(st.clients),
         }
         self._reply(("client", cid), op, result=info)
         return []

@@ -36,7 +36,6 @@ from typing import Any, Literal
 
 from graphexec.errors import InvalidTransition
 from graphexec.scheduler.placement import (
-    MAX_ZERO_CPU_TASKS,
     choose_worker,
     feasible_on,
     queue_allowance,
@@ -107,7 +106,7 @@ class WorkerState:
 
     __slots__ = (
         "id", "address", "node", "cpus", "blocked_cpus", "status", "processing",
-        "assigned_cpus", "has_what", "functions", "pid",
+        "assigned_cpus", "lent_cpus", "has_what", "functions", "pid",
     )  # fmt: skip
 
     def __init__(self, worker_id: str, address: str, node: NodeState, cpus: float) -> None:
@@ -119,6 +118,8 @@ class WorkerState:
         self.status: Literal["running", "closed"] = "running"
         self.processing: dict[str, TaskState] = {}
         self.assigned_cpus = 0.0
+        #: CPUs lent to a multi-CPU task running on a sibling (included in assigned_cpus)
+        self.lent_cpus = 0.0
         self.has_what: set[TaskState] = set()
         self.functions: set[str] = set()
         self.pid = 0
@@ -238,9 +239,9 @@ class SchedulerState:
         ws = ts.processing_on
         if ws is not None:
             self._unassign(ts, ws)
-        ts.state = "waiting"
-        ts.waiting_on = _EMPTY
-        return self._transition_waiting_queued(ts)
+        # inputs may have been lost meanwhile: wait for (and recompute) what is missing
+        ts.state = "released"
+        return self._transition_released_waiting(ts)
 
     def _transition_memory_released(self, ts: TaskState) -> list[Send]:
         out: list[Send] = []
@@ -305,10 +306,12 @@ class SchedulerState:
             ts.retries = spec.get("retries", 3)
             ts.exception = None
             ts.error_origin = ""
+            if ts.state == "erred":
+                ts.state = "released"  # resubmitted after an error: run it again
             new.append(ts)
             specs.append(spec)
         missing: list[tuple[TaskState, str]] = []
-        for ts, spec in zip(new, specs):
+        for ts, spec in zip(new, specs, strict=False):
             for dep_key in spec.get("deps", ()):
                 dep = self.tasks.get(dep_key)
                 if dep is None:
@@ -322,23 +325,38 @@ class SchedulerState:
                 ts.who_wants.add(client_id)
                 cs.wants.add(ts)
         for ts, dep_key in missing:
-            out += self._fail(ts, _error_dict("KeyError", f"input {dep_key!r} of {ts.key} was "
-                              "released before the task was submitted; keep a reference to "
-                              "it (or resubmit its graph)"), ts.key)
+            out += self._fail(
+                ts,
+                _error_dict(
+                    "KeyError",
+                    f"input {dep_key!r} of {ts.key} was "
+                    "released before the task was submitted; keep a reference to "
+                    "it (or resubmit its graph)",
+                ),
+                ts.key,
+            )
         # transitions in priority order so the most urgent work is queued first
         new.sort(key=lambda t: t.priority)
         for ts in new:
             if ts.state == "released":
                 out += self._transition(ts, "waiting")
+        fresh = set(new)
         for key in wants:
             ts = self.tasks.get(key)
-            if ts is not None and ts.state in ("memory", "erred"):
+            # new tasks report through their transitions; known ones are reported here
+            if ts is not None and ts not in fresh and ts.state in ("memory", "erred"):
                 out.append(self._report(ts, client_id))
         out += self._schedule()
         return out
 
-    def handle_put(self, client_id: str, key: str, frames: list[bytes], nbytes: int,
-                   worker_id: str | None = None) -> list[Send]:
+    def handle_put(
+        self,
+        client_id: str,
+        key: str,
+        frames: list[bytes],
+        nbytes: int,
+        worker_id: str | None = None,
+    ) -> list[Send]:
         """A value stored by a client; ``worker_id`` when a large value went to a worker."""
         ts = self.tasks.get(key) or TaskState(key)
         self.tasks[key] = ts
@@ -366,12 +384,21 @@ class SchedulerState:
         for key in keys:
             ts = self.tasks.get(key)
             if ts is None:
-                out.append(Send(("client", client_id), {
-                    "op": "key-erred", "key": key, "origin": key,
-                    "exception": _error_dict("ObjectLostError",
-                                             f"object {key} is not known to the cluster: "
-                                             "it was released or never submitted"),
-                }))
+                out.append(
+                    Send(
+                        ("client", client_id),
+                        {
+                            "op": "key-erred",
+                            "key": key,
+                            "origin": key,
+                            "exception": _error_dict(
+                                "ObjectLostError",
+                                f"object {key} is not known to the cluster: "
+                                "it was released or never submitted",
+                            ),
+                        },
+                    )
+                )
                 continue
             ts.who_wants.add(client_id)
             cs.wants.add(ts)
@@ -411,8 +438,9 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ workers
 
-    def handle_add_node(self, node_id: str, resources: dict[str, float],
-                        host: str = "127.0.0.1") -> list[Send]:
+    def handle_add_node(
+        self, node_id: str, resources: dict[str, float], host: str = "127.0.0.1"
+    ) -> list[Send]:
         node = self.nodes.get(node_id)
         if node is None:
             node = self.nodes[node_id] = NodeState(node_id, resources, host)
@@ -429,10 +457,18 @@ class SchedulerState:
         out: list[Send] = []
         for worker_id in list(node.workers):
             out += self.handle_remove_worker(worker_id)
+        # queued work that only this node could run now waits for a new node
+        for heap in self.queued.values():
+            for _, ts in heap:
+                if ts.state == "queued" and not any(
+                    feasible_on(ts.demand, n) for n in self.nodes.values()
+                ):
+                    out += self._transition(ts, "no-worker")
         return out
 
-    def handle_add_worker(self, worker_id: str, address: str, node_id: str, cpus: float,
-                          pid: int = 0) -> list[Send]:
+    def handle_add_worker(
+        self, worker_id: str, address: str, node_id: str, cpus: float, pid: int = 0
+    ) -> list[Send]:
         node = self.nodes.get(node_id)
         if node is None:
             node = self.nodes[node_id] = NodeState(node_id, {"CPU": cpus})
@@ -454,10 +490,15 @@ class SchedulerState:
             if ts.retries == 0:
                 self._unassign(ts, ws)
                 ts.state = "queued"
-                out += self._fail(ts, _error_dict(
-                    "WorkerCrashedError",
-                    f"the worker running {ts.key} ({ws.address}) died and the task has no "
-                    "retries left (raise max_retries to retry more)"), ts.key)
+                out += self._fail(
+                    ts,
+                    _error_dict(
+                        "WorkerCrashedError",
+                        f"the worker running {ts.key} ({ws.address}) died and the task has no "
+                        "retries left (raise max_retries to retry more)",
+                    ),
+                    ts.key,
+                )
             else:
                 if ts.retries > 0:
                     ts.retries -= 1
@@ -469,8 +510,15 @@ class SchedulerState:
         ws.has_what.clear()
         return out + self._schedule()
 
-    def handle_task_finished(self, worker_id: str, key: str, run_id: int, nbytes: int,
-                             inline: list[bytes] | None, duration: float) -> list[Send]:
+    def handle_task_finished(
+        self,
+        worker_id: str,
+        key: str,
+        run_id: int,
+        nbytes: int,
+        inline: list[bytes] | None,
+        duration: float,
+    ) -> list[Send]:
         ts = self.tasks.get(key)
         ws = self.workers.get(worker_id)
         if ts is None or ws is None or ts.state != "processing" or ts.run_id != run_id:
@@ -484,8 +532,7 @@ class SchedulerState:
         ts.inline = inline
         ts.who_has.add(ws)
         ws.has_what.add(ts)
-        self.durations[ts.prefix] = _prefix_duration_update(self.durations.get(ts.prefix),
-                                                            duration)
+        self.durations[ts.prefix] = _prefix_duration_update(self.durations.get(ts.prefix), duration)
         out = [self._report(ts, cid) for cid in ts.who_wants]
         for dep in ts.dependents:
             if dep.state == "waiting":
@@ -497,8 +544,9 @@ class SchedulerState:
         out += self._maybe_release(ts)
         return out + self._schedule()
 
-    def handle_task_erred(self, worker_id: str, key: str, run_id: int,
-                          exception: dict[str, Any], retryable: bool) -> list[Send]:
+    def handle_task_erred(
+        self, worker_id: str, key: str, run_id: int, exception: dict[str, Any], retryable: bool
+    ) -> list[Send]:
         ts = self.tasks.get(key)
         ws = self.workers.get(worker_id)
         if ts is None or ws is None or ts.state != "processing" or ts.run_id != run_id:
@@ -532,8 +580,9 @@ class SchedulerState:
             if ts is None:
                 out[key] = "unknown to the scheduler (released or never submitted)"
             elif ts.state == "no-worker":
-                out[key] = (f"needs {ts.demand} but no node has that much; cluster "
-                            f"resources are {totals}")
+                out[key] = (
+                    f"needs {ts.demand} but no node has that much; cluster resources are {totals}"
+                )
             elif ts.state == "queued":
                 out[key] = f"waiting for free resources {ts.demand}"
             elif ts.state == "waiting":
@@ -610,8 +659,12 @@ class SchedulerState:
             else:
                 deps[dep.key] = ["remote", [w.address for w in dep.who_has]]
         msg: dict[str, Any] = {
-            "op": "compute", "key": ts.key, "payload": ts.payload,
-            "deps": deps, "cpus": ts.cpus, "run_id": ts.run_id,
+            "op": "compute",
+            "key": ts.key,
+            "payload": ts.payload,
+            "deps": deps,
+            "cpus": ts.cpus,
+            "run_id": ts.run_id,
             "retryable": ts.retries != 0,
         }
         for fid in ts.fids:
@@ -631,6 +684,7 @@ class SchedulerState:
             take = min(spare, need)
             if take > 0:
                 sibling.assigned_cpus += take
+                sibling.lent_cpus += take
                 if ts.borrowed is _NO_BORROW:
                     ts.borrowed = []
                 ts.borrowed.append((sibling, take))
@@ -644,6 +698,7 @@ class SchedulerState:
             ws.assigned_cpus = 0.0
         for sibling, amount in ts.borrowed:
             sibling.assigned_cpus = max(0.0, sibling.assigned_cpus - amount)
+            sibling.lent_cpus = max(0.0, sibling.lent_cpus - amount)
         ts.borrowed = _NO_BORROW
         if ts.has_extra_demand:
             avail = ws.node.available
@@ -654,11 +709,20 @@ class SchedulerState:
 
     def _report(self, ts: TaskState, client_id: str) -> Send:
         if ts.state == "erred":
-            msg: dict[str, Any] = {"op": "key-erred", "key": ts.key,
-                                   "exception": ts.exception, "origin": ts.error_origin}
+            msg: dict[str, Any] = {
+                "op": "key-erred",
+                "key": ts.key,
+                "exception": ts.exception,
+                "origin": ts.error_origin,
+            }
         else:
-            msg = {"op": "key-in-memory", "key": ts.key, "nbytes": ts.nbytes,
-                   "inline": ts.inline, "who_has": [w.address for w in ts.who_has]}
+            msg = {
+                "op": "key-in-memory",
+                "key": ts.key,
+                "nbytes": ts.nbytes,
+                "inline": ts.inline,
+                "who_has": [w.address for w in ts.who_has],
+            }
         return Send(("client", client_id), msg)
 
     def _fail(self, ts: TaskState, exception: dict[str, Any], origin: str) -> list[Send]:
@@ -686,7 +750,9 @@ class SchedulerState:
         ts.state = "released"
         if ts.is_put:
             return self._fail_put_lost(ts)
-        needed = ts.who_wants or any(d.state in ("waiting", "queued") for d in ts.dependents)
+        needed = ts.who_wants or any(
+            d.state in ("waiting", "queued", "processing") for d in ts.dependents
+        )
         if not needed:
             return self._maybe_forget(ts)
         for dep in ts.dependents:
@@ -700,9 +766,15 @@ class SchedulerState:
 
     def _fail_put_lost(self, ts: TaskState) -> list[Send]:
         ts.state = "queued"
-        return self._fail(ts, _error_dict(
-            "ObjectLostError", f"object {ts.key} was stored with put() on a worker that "
-            "died; it cannot be recomputed"), ts.key)
+        return self._fail(
+            ts,
+            _error_dict(
+                "ObjectLostError",
+                f"object {ts.key} was stored with put() on a worker that "
+                "died; it cannot be recomputed",
+            ),
+            ts.key,
+        )
 
     def _ensure_computed(self, ts: TaskState) -> list[Send]:
         """A released dependency is needed again: walk lineage to recompute it."""
@@ -713,15 +785,21 @@ class SchedulerState:
     def _needed(self, ts: TaskState) -> bool:
         if ts.who_wants:
             return True
-        return any(d.state in ("waiting", "queued", "processing", "no-worker")
-                   for d in ts.dependents)
+        return any(
+            d.state in ("waiting", "queued", "processing", "no-worker") for d in ts.dependents
+        )
 
     def _maybe_release(self, ts: TaskState) -> list[Send]:
-        if ts.state not in ("memory", "erred", "released") or self._needed(ts):
-            return []
+        if ts.state == "processing" or self._needed(ts):
+            return []  # a running task is released when it finishes
         out: list[Send] = []
         if ts.state == "memory":
             out += self._transition(ts, "released")
+        elif ts.state in ("waiting", "queued", "no-worker"):
+            # nobody wants it any more and it has not started: drop it (heaps skip it)
+            self.unrunnable.discard(ts)
+            ts.state = "released"
+            ts.waiting_on = _EMPTY
         return out + self._maybe_forget(ts)
 
     def _maybe_forget(self, ts: TaskState) -> list[Send]:
@@ -764,5 +842,4 @@ class SchedulerState:
 
 def _error_dict(type_name: str, message: str) -> dict[str, Any]:
     """An error produced by the scheduler itself (no pickled exception)."""
-    return {"type": type_name, "message": message, "traceback": "", "pickled": None,
-            "function": ""}
+    return {"type": type_name, "message": message, "traceback": "", "pickled": None, "function": ""}

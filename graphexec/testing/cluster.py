@@ -5,7 +5,7 @@ The scheduler, the workers and the client share one event loop on a background t
 threads, so nested tasks, blocking ``get`` and errors behave as on a real cluster. Only
 processes and sockets are missing: use the real-process tests for those.
 
->>> with InProcessCluster(workers=2) as cluster:      # doctest: +SKIP
+>>> with InProcessCluster(workers=2) as cluster:  # doctest: +SKIP
 ...     ...  # graphexec.get / .remote work here; the cluster is the current client
 """
 
@@ -30,8 +30,14 @@ __all__ = ["InProcessCluster"]
 class InProcessCluster:
     """Scheduler + ``workers`` workers on one node + a current client, all in-process."""
 
-    def __init__(self, workers: int = 2, *, cpus_per_worker: float = 1.0,
-                 resources: dict[str, float] | None = None, validate: bool = True) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        *,
+        cpus_per_worker: float = 1.0,
+        resources: dict[str, float] | None = None,
+        validate: bool = True,
+    ) -> None:
         self.n_workers = workers
         self.cpus_per_worker = cpus_per_worker
         self.resources = resources or {}
@@ -39,8 +45,9 @@ class InProcessCluster:
         self.token = secrets.token_hex(16)
         self.name = uuid.uuid4().hex[:8]
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever,
-                                       name="graphexec-inproc-loop", daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="graphexec-inproc-loop", daemon=True
+        )
         self.scheduler: Scheduler | None = None
         self.workers: list[Worker] = []
         self.client: Client | None = None
@@ -50,8 +57,9 @@ class InProcessCluster:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start(self) -> None:
-        self.scheduler = Scheduler(token=self.token, address=f"inproc://sched-{self.name}",
-                                   validate=self.validate)
+        self.scheduler = Scheduler(
+            token=self.token, address=f"inproc://sched-{self.name}", validate=self.validate
+        )
         await self.scheduler.start()
         total = {"CPU": self.cpus_per_worker * self.n_workers, **self.resources}
         self.scheduler.state.handle_add_node(f"node-{self.name}", total)
@@ -73,9 +81,14 @@ class InProcessCluster:
 
     async def add_worker(self) -> Worker:
         assert self.scheduler is not None
-        worker = Worker(self.scheduler.address, token=self.token, node_id=f"node-{self.name}",
-                        cpus=self.cpus_per_worker, validate=self.validate,
-                        listen_address=f"inproc://worker-{uuid.uuid4().hex[:8]}")
+        worker = Worker(
+            self.scheduler.address,
+            token=self.token,
+            node_id=f"node-{self.name}",
+            cpus=self.cpus_per_worker,
+            validate=self.validate,
+            listen_address=f"inproc://worker-{uuid.uuid4().hex[:8]}",
+        )
         await worker.start()
         if self.client is not None:
             worker.make_ref = self._make_ref
@@ -101,8 +114,12 @@ class InProcessCluster:
         set_current_client(self.client)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         set_current_client(self._previous)
         try:
             self.run(self._stop())

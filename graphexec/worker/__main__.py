@@ -27,9 +27,14 @@ def main(argv: list[str] | None = None) -> None:
     # The loop thread and the runner threads hand work back and forth thousands of times
     # a second; with the default 5 ms GIL switch interval each handoff can stall that long.
     sys.setswitchinterval(SWITCH_INTERVAL)
-    worker = Worker(args.scheduler, token=os.environ.get("GRAPHEXEC_TOKEN", ""),
-                    node_id=args.node, cpus=args.cpus, worker_id=args.worker_id,
-                    listen_address=f"tcp://{args.host}:0")
+    worker = Worker(
+        args.scheduler,
+        token=os.environ.get("GRAPHEXEC_TOKEN", ""),
+        node_id=args.node,
+        cpus=args.cpus,
+        worker_id=args.worker_id,
+        listen_address=f"tcp://{args.host}:0",
+    )
 
     async def start() -> None:
         await worker.start()

@@ -82,7 +82,9 @@ def run_task(
             raise
         name = _function_name(node) if node is not None else key
         report = {
-            "op": "task-erred", "key": key, "run_id": msg.get("run_id", 0),
+            "op": "task-erred",
+            "key": key,
+            "run_id": msg.get("run_id", 0),
             "exception": error_report(exc, name),
             "retryable": node is not None and _retry_on(node, exc),
             "duration": time.perf_counter() - start,
@@ -91,8 +93,12 @@ def run_task(
         return report, None, None
     inline = [bytes(f) for f in frames] if nbytes <= INLINE_BYTES else None
     report = {
-        "op": "task-finished", "key": key, "run_id": msg.get("run_id", 0),
-        "nbytes": nbytes, "inline": inline, "duration": time.perf_counter() - start,
+        "op": "task-finished",
+        "key": key,
+        "run_id": msg.get("run_id", 0),
+        "nbytes": nbytes,
+        "inline": inline,
+        "duration": time.perf_counter() - start,
     }
     return report, result, frames
 
@@ -131,4 +137,3 @@ def _wrap_nested(obj: Any, wrap: Callable[[str], Any]) -> Any:
     if isinstance(obj, dict):
         return {k: v if isinstance(v, TaskRef) else inner(v) for k, v in obj.items()}
     return tuple(v if isinstance(v, TaskRef) else inner(v) for v in obj)
-

@@ -3,8 +3,8 @@
 The executor is the worker's admission control. Tasks arrive in priority order; a
 runner thread starts the next one when the CPUs it asks for are free (a task asking for
 more than the worker has starts when the worker is idle; a zero-CPU task always starts).
-Finished items are handed back in batches through ``on_done``, called from the runner
-thread: the server turns that into one wake-up of the event loop per batch, not per task,
+Each finished item is handed back at once through ``on_done``, called from the runner
+thread; the server coalesces those calls into one wake-up of its event loop per burst,
 which is what lets tiny tasks run at thousands per second.
 
 Nested tasks: a task that blocks in ``get`` calls :meth:`Executor.block`, which hands
@@ -20,25 +20,22 @@ on its own (runner threads are daemons so they never hold the process open).
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["ExecItem", "Executor", "current_item", "notify_blocked"]
 
-#: a runner reports finished items at least this often, and in batches of at most
-MAX_BATCH_SECONDS = 0.002
-MAX_BATCH = 256
 
 
 class ExecItem:
     """One unit of work: ``run()`` is called on a runner thread, its result kept."""
 
-    __slots__ = ("key", "cpus", "run", "result", "cancelled", "blocked")
+    __slots__ = ("key", "cpus", "run", "result", "cancelled", "blocked", "task")
 
     def __init__(self, key: str, cpus: float, run: Callable[[], Any]) -> None:
         self.key = key
+        self.task: Any = None  # the owner's record of what this item runs
         self.cpus = cpus
         self.run = run
         self.result: Any = None
@@ -74,9 +71,14 @@ def notify_blocked(blocked: bool) -> None:
 class Executor:
     """Elastic pool of runner threads with CPU-based admission."""
 
-    def __init__(self, cpus: float, on_done: Callable[[list[ExecItem]], None],
-                 *, name: str = "graphexec-runner",
-                 on_block: Callable[[ExecItem, bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        cpus: float,
+        on_done: Callable[[list[ExecItem]], None],
+        *,
+        name: str = "graphexec-runner",
+        on_block: Callable[[ExecItem, bool], None] | None = None,
+    ) -> None:
         self.cpus = cpus
         self.on_block = on_block
         self._on_done = on_done
@@ -143,8 +145,10 @@ class Executor:
         if not self._queue:
             return False
         need = self._queue[0].cpus
-        return need == 0 or self._running_cpus <= 1e-9 or (
-            self._running_cpus + need <= self.cpus + 1e-9
+        return (
+            need == 0
+            or self._running_cpus <= 1e-9
+            or (self._running_cpus + need <= self.cpus + 1e-9)
         )
 
     def _wake_or_spawn(self) -> None:
@@ -183,37 +187,21 @@ class Executor:
             self._running_cpus = 0.0
 
     def _runner(self) -> None:
-        batch: list[ExecItem] = []
-        batch_start = 0.0
         item: ExecItem | None = None
         while True:
-            flush: list[ExecItem] | None = None
             with self._cond:
                 if item is not None:
                     self._release(item)
-                    item = None
-                if batch and (
-                    not self._admissible()
-                    or len(batch) >= MAX_BATCH
-                    or time.monotonic() - batch_start > MAX_BATCH_SECONDS
-                ):
-                    flush, batch = batch, []
-                else:
-                    item = self._take()
-                    if item is None:
-                        break
-            if flush is not None:
-                self._on_done(flush)
-                continue
-            assert item is not None
+                item = self._take()
+                if item is None:
+                    break
             _current.item = item
             _current.executor = self
             try:
                 item.result = item.run()
             finally:
                 _current.item = None
-            if not batch:
-                batch_start = time.monotonic()
-            batch.append(item)
-        if batch:
-            self._on_done(batch)
+            # each result goes back at once; the owner coalesces wake-ups, so a burst of
+            # tiny tasks still costs one loop wake-up, and a fast result never waits
+            # behind a slow neighbour
+            self._on_done([item])

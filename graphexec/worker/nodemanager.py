@@ -36,9 +36,13 @@ logger = logging.getLogger("graphexec.nodemanager")
 RESTART_DELAY = 0.2
 
 
-def node_resources(num_cpus: float | None, num_gpus: float | None,
-                   resources: dict[str, float] | None, host: str = "127.0.0.1",
-                   memory: float | None = None) -> dict[str, float]:
+def node_resources(
+    num_cpus: float | None,
+    num_gpus: float | None,
+    resources: dict[str, float] | None,
+    host: str = "127.0.0.1",
+    memory: float | None = None,
+) -> dict[str, float]:
     """The resources a node reports, Ray-style names.
 
     >>> node_resources(2, None, {"disk": 1}, memory=1e9)["CPU"]
@@ -57,9 +61,16 @@ def node_resources(num_cpus: float | None, num_gpus: float | None,
 
 
 class NodeManager:
-    def __init__(self, scheduler_address: str, *, token: str, resources: dict[str, float],
-                 num_workers: int | None = None, node_id: str | None = None,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        scheduler_address: str,
+        *,
+        token: str,
+        resources: dict[str, float],
+        num_workers: int | None = None,
+        node_id: str | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.scheduler_address = scheduler_address
         self.token = token
         self.resources = resources
@@ -82,17 +93,37 @@ class NodeManager:
             self._start_worker()
         self._comm = await connect(self.scheduler_address, token=self.token)
         self._batched = BatchedSend(self._comm)
-        self._batched.send({"op": "register-node", "node": self.id,
-                            "resources": self.resources, "host": self.host,
-                            "pid": os.getpid()})
+        self._batched.send(
+            {
+                "op": "register-node",
+                "node": self.id,
+                "resources": self.resources,
+                "host": self.host,
+                "pid": os.getpid(),
+            }
+        )
         self._reader = asyncio.ensure_future(self._read())
         self._monitor = asyncio.ensure_future(self._supervise())
 
     def _start_worker(self, worker_id: str | None = None) -> None:
         worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
-        cmd = [sys.executable, "-m", "graphexec.worker", "--scheduler", self.scheduler_address,
-               "--node", self.id, "--cpus", str(self.worker_cpus), "--worker-id", worker_id,
-               "--owner-pid", str(os.getpid()), "--host", self.host]
+        cmd = [
+            sys.executable,
+            "-m",
+            "graphexec.worker",
+            "--scheduler",
+            self.scheduler_address,
+            "--node",
+            self.id,
+            "--cpus",
+            str(self.worker_cpus),
+            "--worker-id",
+            worker_id,
+            "--owner-pid",
+            str(os.getpid()),
+            "--host",
+            self.host,
+        ]
         env = dict(os.environ, GRAPHEXEC_TOKEN=self.token)
         self.processes[worker_id] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
 
@@ -101,8 +132,9 @@ class NodeManager:
             await asyncio.sleep(RESTART_DELAY)
             for worker_id, proc in list(self.processes.items()):
                 if proc.poll() is not None and not self._closing:
-                    logger.warning("worker %s exited with %s; restarting", worker_id,
-                                   proc.returncode)
+                    logger.warning(
+                        "worker %s exited with %s; restarting", worker_id, proc.returncode
+                    )
                     del self.processes[worker_id]
                     self._start_worker()
 
@@ -183,8 +215,9 @@ def main(argv: list[str] | None = None) -> None:
         die_with_parent(args.owner_pid)
     configure_logging("nodemanager")
     token = os.environ.get("GRAPHEXEC_TOKEN", "")
-    resources = node_resources(args.num_cpus, args.num_gpus, json.loads(args.resources),
-                               args.host, args.memory)
+    resources = node_resources(
+        args.num_cpus, args.num_gpus, json.loads(args.resources), args.host, args.memory
+    )
     manager = NodeManager(args.scheduler, token=token, resources=resources, host=args.host)
     run_server(manager.start, manager.close, manager.finished.wait, owner_pid=args.owner_pid)
 

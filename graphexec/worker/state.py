@@ -68,10 +68,12 @@ class WorkerTaskState:
         """The scheduler sends a task; its inputs are local, inline or on peers."""
         task = WorkerTask(msg)
         old = self.tasks.get(task.key)
+        out: list[Instruction] = []
         if old is not None and old.status in ("executing", "ready", "fetching"):
+            if old.status == "ready":
+                out.append(("unqueue", old.key))
             old.status = "cancelled"  # superseded by a newer run of the same key
         self.tasks[task.key] = task
-        out: list[Instruction] = []
         for dep, (kind, *info) in msg.get("deps", {}).items():
             if kind == "inline":
                 out.append(("store-inline", dep, info[0]))
@@ -108,11 +110,24 @@ class WorkerTaskState:
                 continue
             self._move(task, "erred")
             del self.tasks[key]
-            out.append(("send", {"op": "task-erred", "key": key, "run_id": task.run_id,
-                                 "retryable": True, "exception": {
-                                     "type": "ObjectLostError", "pickled": None,
-                                     "message": f"could not fetch input {dep}: {reason}",
-                                     "traceback": "", "function": ""}}))
+            out.append(
+                (
+                    "send",
+                    {
+                        "op": "task-erred",
+                        "key": key,
+                        "run_id": task.run_id,
+                        "retryable": True,
+                        "exception": {
+                            "type": "ObjectLostError",
+                            "pickled": None,
+                            "message": f"could not fetch input {dep}: {reason}",
+                            "traceback": "",
+                            "function": "",
+                        },
+                    },
+                )
+            )
         return out
 
     def handle_started(self, key: str) -> bool:

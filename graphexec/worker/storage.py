@@ -26,8 +26,9 @@ _MISSING: Any = object()
 class ObjectStorage(Protocol):
     """What a worker needs from its object storage."""
 
-    def put(self, key: str, value: Any, frames: Sequence[bytes | memoryview] | None,
-            nbytes: int) -> None: ...
+    def put(
+        self, key: str, value: Any, frames: Sequence[bytes | memoryview] | None, nbytes: int
+    ) -> None: ...
 
     def put_frames(self, key: str, frames: Sequence[bytes | memoryview]) -> None: ...
 
@@ -45,8 +46,9 @@ class ObjectStorage(Protocol):
 class _Entry:
     __slots__ = ("value", "frames", "nbytes")
 
-    def __init__(self, value: Any, frames: Sequence[bytes | memoryview] | None,
-                 nbytes: int) -> None:
+    def __init__(
+        self, value: Any, frames: Sequence[bytes | memoryview] | None, nbytes: int
+    ) -> None:
         self.value = value
         self.frames = frames
         self.nbytes = nbytes
@@ -58,8 +60,9 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
 
-    def put(self, key: str, value: Any, frames: Sequence[bytes | memoryview] | None,
-            nbytes: int) -> None:
+    def put(
+        self, key: str, value: Any, frames: Sequence[bytes | memoryview] | None, nbytes: int
+    ) -> None:
         self._entries[key] = _Entry(value, frames, nbytes)
 
     def put_frames(self, key: str, frames: Sequence[bytes | memoryview]) -> None:

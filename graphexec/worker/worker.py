@@ -74,8 +74,9 @@ class Worker:
         self._batched: BatchedSend | None = None
         self._pool = ConnectionPool(token)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = Executor(cpus, self._on_done, name=f"graphexec-{self.id}",
-                                  on_block=self._on_block)
+        self._executor = Executor(
+            cpus, self._on_done, name=f"graphexec-{self.id}", on_block=self._on_block
+        )
         self._done: list[ExecItem] = []
         self._done_lock = threading.Lock()
         self._wake_pending = False
@@ -96,10 +97,16 @@ class Worker:
         self.address = self._listener.address
         self._comm = await connect(self.scheduler_address, token=self.token)
         self._batched = BatchedSend(self._comm)
-        self._batched.send({
-            "op": "register-worker", "worker": self.id, "address": self.address,
-            "node": self.node_id, "cpus": self.cpus, "pid": os.getpid(),
-        })
+        self._batched.send(
+            {
+                "op": "register-worker",
+                "worker": self.id,
+                "address": self.address,
+                "node": self.node_id,
+                "cpus": self.cpus,
+                "pid": os.getpid(),
+            }
+        )
         self._reader = asyncio.ensure_future(self._read_scheduler(self._comm))
 
     async def close(self) -> None:
@@ -147,10 +154,11 @@ class Worker:
             while True:
                 ops, frames = await comm.read()
                 for op, op_frames in split_frames(ops, frames):
-                    handler = handlers.get(op.get("op"))
+                    handler = handlers.get(str(op.get("op")))
                     if handler is None:
-                        logger.warning("worker %s: unknown op %r from scheduler", self.id,
-                                       op.get("op"))
+                        logger.warning(
+                            "worker %s: unknown op %r from scheduler", self.id, op.get("op")
+                        )
                         continue
                     handler(op, op_frames)
                 if self.validate:
@@ -223,14 +231,26 @@ class Worker:
                 return run_task(msg, storage, self._load_function, self.make_ref)
             except Exception as err:  # a bug of ours: fail the task, keep the worker
                 logger.exception("worker %s: internal error running %s", self.id, msg["key"])
-                return ({"op": "task-erred", "key": msg["key"], "run_id": msg.get("run_id", 0),
-                         "retryable": False, "exception": {
-                             "type": "GraphexecError", "pickled": None, "traceback": "",
-                             "message": f"internal error in the worker: {err!r}",
-                             "function": ""}}, None, None)
+                return (
+                    {
+                        "op": "task-erred",
+                        "key": msg["key"],
+                        "run_id": msg.get("run_id", 0),
+                        "retryable": False,
+                        "exception": {
+                            "type": "GraphexecError",
+                            "pickled": None,
+                            "traceback": "",
+                            "message": f"internal error in the worker: {err!r}",
+                            "function": "",
+                        },
+                    },
+                    None,
+                    None,
+                )
 
         item = ExecItem(task.key, task.cpus, run)
-        item.result = task  # replaced by run()'s result; kept for cancellation lookups
+        item.task = task
         return item
 
     def _on_done(self, items: list[ExecItem]) -> None:
@@ -250,9 +270,9 @@ class Worker:
             self._wake_pending = False
         for item in done:
             report, value, frames = item.result
-            task = self.state.tasks.get(item.key)
-            if task is None or task.status == "cancelled":
-                continue
+            task = item.task
+            if self.state.tasks.get(item.key) is not task or task.status == "cancelled":
+                continue  # cancelled, or superseded by a newer run of the same key
             if task.status == "ready":
                 self.state.handle_started(item.key)
             if report["op"] == "task-finished":
@@ -278,14 +298,15 @@ class Worker:
                 if address == self.address:
                     continue
                 try:
-                    ops, frames = await self._pool.request(address, {"op": "get-data",
-                                                                     "keys": [key]})
+                    ops, frames = await self._pool.request(
+                        address, {"op": "get-data", "keys": [key]}
+                    )
                 except (CommClosedError, OSError) as err:
                     reason = f"{address}: {err}"
                     continue
                 for op, op_frames in split_frames(ops, frames):
                     if op.get("status") == "ok" and op.get("key") == key:
-                        self.storage.put_frames(key, op_frames)
+                        self.storage.put_frames(key, op_frames)  # type: ignore[arg-type]
                         self._execute_instructions(self.state.handle_fetched(key))
                         return
                 reason = f"{address} does not hold it"
@@ -305,8 +326,9 @@ class Worker:
                     for key in op.get("keys", []):
                         if key in self.storage:
                             frames = list(self.storage.get_frames(key))
-                            reply.append({"op": "data", "key": key, "status": "ok",
-                                          "nframes": len(frames)})
+                            reply.append(
+                                {"op": "data", "key": key, "status": "ok", "nframes": len(frames)}
+                            )
                             out_frames.extend(frames)
                         else:
                             reply.append({"op": "data", "key": key, "status": "missing"})

@@ -121,6 +121,8 @@ def test_keys_cull_and_nested_key_lists():
     assert set(graph) == {names[("x", i)] for i in range(3)}
     graph, _ = from_dask(dsk)
     assert len(graph) == 5
+    assert list(from_dask(dsk, ("x", 3))[0]) == ["('x', 3)"]
+    assert list(from_dask({"a": 1, "b": 2}, "b")[0]) == ["b"]
 
 
 def test_key_collisions_get_distinct_names():

@@ -23,8 +23,12 @@ def _descendants():
 
 
 def _run_script(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_shutdown_leaves_no_process_and_get_after_shutdown_fails():
@@ -34,7 +38,7 @@ def test_shutdown_leaves_no_process_and_get_after_shutdown_fails():
     children = _descendants()
     assert len(children) >= 3  # scheduler, node manager, worker
     ge.shutdown()
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
     with pytest.raises(RuntimeError, match="not initialized"):
         ge.get(square.remote(2))
@@ -59,7 +63,11 @@ def test_interpreter_exit_cleans_up():
 
 
 def test_killed_driver_leaves_nothing_behind():
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import graphexec as ge, psutil, sys, time
         ge.init(num_cpus=1)
         @ge.remote
@@ -68,7 +76,11 @@ def test_killed_driver_leaves_nothing_behind():
         print(",".join(str(p.pid) for p in psutil.Process().children(recursive=True)),
               flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         pids = [int(p) for p in line.strip().split(",")]

@@ -14,10 +14,18 @@ from graphexec.errors import InvalidTransition
 from graphexec.worker.state import WorkerTask, WorkerTaskState
 
 
-def compute(key: str, deps: dict[str, list[Any]] | None = None, *, run_id: int = 1,
-            cpus: float = 1.0) -> dict[str, Any]:  # fmt: skip
-    return {"op": "compute", "key": key, "payload": b"", "deps": deps or {}, "cpus": cpus,
-            "run_id": run_id, "retryable": True}  # fmt: skip
+def compute(
+    key: str, deps: dict[str, list[Any]] | None = None, *, run_id: int = 1, cpus: float = 1.0
+) -> dict[str, Any]:
+    return {
+        "op": "compute",
+        "key": key,
+        "payload": b"",
+        "deps": deps or {},
+        "cpus": cpus,
+        "run_id": run_id,
+        "retryable": True,
+    }
 
 
 class Worker:
@@ -59,8 +67,10 @@ def test_inline_inputs_are_stored_and_do_not_wait() -> None:
 
 def test_remote_inputs_are_fetched_then_the_task_is_ready() -> None:
     w = Worker()
-    out = w.do("handle_compute", compute("c", {"a": ["remote", ["tcp://x"]],
-                                              "b": ["remote", ["tcp://y", "tcp://z"]]}))
+    out = w.do(
+        "handle_compute",
+        compute("c", {"a": ["remote", ["tcp://x"]], "b": ["remote", ["tcp://y", "tcp://z"]]}),
+    )
     assert sorted(out) == [("fetch", "a", ["tcp://x"]), ("fetch", "b", ["tcp://y", "tcp://z"])]
     assert w.status("c") == "fetching"
     assert w.state.tasks["c"].missing == {"a", "b"}
@@ -174,6 +184,13 @@ def test_newer_run_supersedes_an_executing_one() -> None:
     w.do("handle_started", "a")
     report = {"op": "task-finished", "key": "a", "run_id": 2}
     assert w.do("handle_done", new[1], report) == [("send", report)]
+
+
+def test_newer_run_unqueues_a_superseded_ready_task() -> None:
+    w = Worker()
+    w.do("handle_compute", compute("a", run_id=1))
+    out = w.do("handle_compute", compute("a", run_id=2))
+    assert kinds(out) == ["unqueue", "execute"]
 
 
 def test_invalid_transitions_raise() -> None:
