@@ -13,7 +13,30 @@ import time
 
 import graphexec as ge
 
-WORDS = ["graph", "task", "worker", "actor", "object", "store", "scheduler", "lazy", "eager", "fuse", "cull", "order", "shuffle", "reduce", "map", "partition", "ray", "dask", "tornado", "arrow", "pandas", "numpy"]
+WORDS = [
+    "graph",
+    "task",
+    "worker",
+    "actor",
+    "object",
+    "store",
+    "scheduler",
+    "lazy",
+    "eager",
+    "fuse",
+    "cull",
+    "order",
+    "shuffle",
+    "reduce",
+    "map",
+    "partition",
+    "ray",
+    "dask",
+    "tornado",
+    "arrow",
+    "pandas",
+    "numpy",
+]
 
 
 def read_chunk(index: int, words: int = 60_000) -> str:

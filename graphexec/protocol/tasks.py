@@ -107,6 +107,7 @@ def _decode(data: tuple[Any, ...], load_function: Callable[[str], Any]) -> Any:
 def dumps_task(node: Any, registry: FunctionRegistry) -> bytes:
     """Pickle a graph node, replacing registered functions by their ids."""
     encoded = _encode(node, registry)
+    data: bytes
     try:
         data = pickle.dumps(encoded, protocol=5)
         if not needs_by_value(data):
@@ -114,7 +115,7 @@ def dumps_task(node: Any, registry: FunctionRegistry) -> bytes:
     except Exception:  # not picklable by reference: cloudpickle pickles by value
         pass
     try:
-        data: bytes = cloudpickle.dumps(encoded, protocol=5)
+        data = cloudpickle.dumps(encoded, protocol=5)
         return data
     except Exception as err:  # pickling user objects can raise anything
         raise TypeError(

@@ -27,7 +27,6 @@ from typing import Any
 __all__ = ["ExecItem", "Executor", "current_item", "notify_blocked"]
 
 
-
 class ExecItem:
     """One unit of work: ``run()`` is called on a runner thread, its result kept."""
 

@@ -270,8 +270,8 @@ class Worker:
             self._wake_pending = False
         for item in done:
             report, value, frames = item.result
-            task = item.task
-            if self.state.tasks.get(item.key) is not task or task.status == "cancelled":
+            task = self.state.tasks.get(item.key)
+            if task is None or task is not item.task or task.status == "cancelled":
                 continue  # cancelled, or superseded by a newer run of the same key
             if task.status == "ready":
                 self.state.handle_started(item.key)
