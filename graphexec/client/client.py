@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from graphexec import errors
+from graphexec._context import notify_blocked
 from graphexec.client.refs import LazyRef, ObjectRef
 from graphexec.comm import connect
 from graphexec.comm.batched import BatchedSend, ConnectionPool, split_frames
@@ -37,7 +38,6 @@ from graphexec.graph.optimize import optimize
 from graphexec.graph.task import Fused, Task
 from graphexec.protocol import serialize as ser
 from graphexec.protocol.tasks import FunctionRegistry, dumps_task
-from graphexec.worker.executor import notify_blocked
 
 __all__ = ["Client"]
 
@@ -330,7 +330,7 @@ class Client:
         finally:
             if blocked:
                 self.on_block(False)  # type: ignore[misc]
-        if self._lost is not None and not finished:
+        if self._lost is not None:
             raise SchedulerLostError(str(self._lost)) from self._lost
         if not finished:
             with self._lock:

@@ -58,6 +58,7 @@ class Scheduler:
         self._comms: set[Comm] = set()
         self.finished = asyncio.Event()
         self._closing = False
+        self._shutdown_task: asyncio.Task[None] | None = None
         self.start_time = time.time()
         self._client_handlers: dict[str, Handler] = {
             "update-graph": self.handle_update_graph,
@@ -287,5 +288,10 @@ class Scheduler:
 
     def handle_shutdown_cluster(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
         self._reply(("client", cid), op, result=True)
-        asyncio.get_running_loop().call_later(0.01, lambda: asyncio.ensure_future(self.close()))
+        if self._shutdown_task is None:  # owned: awaited by whoever awaits `finished`
+            self._shutdown_task = asyncio.ensure_future(self._close_soon())
         return []
+
+    async def _close_soon(self) -> None:
+        await asyncio.sleep(0.01)  # let the reply go out first
+        await self.close()

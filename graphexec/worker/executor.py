@@ -24,7 +24,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from graphexec._context import notify_blocked, running_task
+
 __all__ = ["ExecItem", "Executor", "current_item", "notify_blocked"]
+
+_current = running_task
 
 
 class ExecItem:
@@ -42,29 +46,9 @@ class ExecItem:
         self.blocked = False
 
 
-_current = threading.local()
-
-
 def current_item() -> ExecItem | None:
     """The item the calling thread is running, if it is a runner thread."""
     return getattr(_current, "item", None)
-
-
-def notify_blocked(blocked: bool) -> None:
-    """A task about to wait in ``get`` (or back from it) lends (or takes back) its CPUs.
-
-    A no-op outside runner threads, so clients call it unconditionally.
-    """
-    item = getattr(_current, "item", None)
-    executor = getattr(_current, "executor", None)
-    if item is None or executor is None:
-        return
-    if blocked:
-        executor.block(item)
-    else:
-        executor.unblock(item)
-    if executor.on_block is not None:
-        executor.on_block(item, blocked)
 
 
 class Executor:
@@ -130,6 +114,15 @@ class Executor:
             item.blocked = True
             self._running_cpus -= item.cpus
             self._wake_or_spawn()
+
+    def set_blocked(self, item: ExecItem, blocked: bool) -> None:
+        """Block or unblock ``item`` and tell the owner (``on_block``)."""
+        if blocked:
+            self.block(item)
+        else:
+            self.unblock(item)
+        if self.on_block is not None:
+            self.on_block(item, blocked)
 
     def unblock(self, item: ExecItem) -> None:
         with self._cond:

@@ -111,3 +111,26 @@ def test_init_to_first_result_is_fast():
     """)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.strip()) < 10
+
+
+def test_scheduler_death_raises_scheduler_lost_not_a_hang():
+    from graphexec.errors import SchedulerLostError
+
+    ge.init(num_cpus=1)
+    try:
+        scheduler_pid = ge.cluster_info()["pid"]
+
+        @ge.remote
+        def slow():
+            import time
+
+            time.sleep(30)
+
+        ref = ge.persist(slow.remote())
+        psutil.Process(scheduler_pid).kill()
+        with pytest.raises(SchedulerLostError, match="scheduler"):
+            ge.get(ref, timeout=20)
+        with pytest.raises(SchedulerLostError):
+            ge.get(square.remote(1))
+    finally:
+        ge.shutdown()

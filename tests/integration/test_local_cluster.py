@@ -119,3 +119,30 @@ def test_errors_for_misuse(cluster):
     assert ge.init(ignore_reinit_error=True) is cluster
     with pytest.raises(TypeError, match="unknown keyword"):
         ge.init(num_cpu=2)
+
+
+@pytest.mark.allow_leaks("threads", "processes")
+def test_available_resources_reflect_running_work_and_force_cancel(cluster, tmp_path):
+    from graphexec.errors import TaskCancelledError
+
+    started = tmp_path / "started"
+
+    @ge.remote(num_cpus=1)
+    def hold():
+        started.write_text("x")
+        time.sleep(60)
+
+    ref = ge.persist(hold.remote())
+    deadline = time.monotonic() + 20
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert started.exists()
+    assert ge.available_resources()["CPU"] == 1.0  # one of two CPUs is busy
+    ge.cancel(ref, force=True)  # kills the worker running it
+    with pytest.raises(TaskCancelledError):
+        ge.get(ref, timeout=10)
+    deadline = time.monotonic() + 20
+    while ge.available_resources()["CPU"] != 2.0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ge.available_resources()["CPU"] == 2.0
+    assert ge.get(square.remote(5)) == 25
