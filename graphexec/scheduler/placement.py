@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from graphexec.scheduler.state import NodeState, TaskState, WorkerState
+    from graphexec.scheduler.entities import NodeState, TaskState, WorkerState
 
 __all__ = ["QUEUE_SECONDS", "choose_worker", "feasible_on", "queue_allowance"]
 
