@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from store import SIZES, format_case, store_cases
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -109,19 +112,24 @@ def ray_api_cases(api: Any, repeat: int) -> dict[str, float]:
     }
 
 
-def bench_graphexec(repeat: int) -> dict[str, float]:
+def bench_graphexec(repeat: int, suites: list[str]) -> dict[str, float]:
     import graphexec as ge
 
-    out = {"init-to-first-result": bench_graphexec_startup()}
+    out: dict[str, float] = {}
+    if "tasks" in suites:
+        out["init-to-first-result"] = bench_graphexec_startup()
     ge.init(num_cpus=2)
     try:
-        out.update(ray_api_cases(ge, repeat))
+        if "tasks" in suites:
+            out.update(ray_api_cases(ge, repeat))
+        if "store" in suites:
+            out.update(store_cases(ge, repeat))
     finally:
         ge.shutdown()
     return out
 
 
-def bench_ray(repeat: int) -> dict[str, float]:
+def bench_ray(repeat: int, suites: list[str]) -> dict[str, float]:
     import ray
 
     t = time.perf_counter()
@@ -129,17 +137,22 @@ def bench_ray(repeat: int) -> dict[str, float]:
     try:
         ray.get(ray.remote(lambda: 1).remote())
         out = {"init-to-first-result": time.perf_counter() - t}
-        out.update(ray_api_cases(ray, repeat))
+        if "tasks" in suites:
+            out.update(ray_api_cases(ray, repeat))
+        if "store" in suites:
+            out.update(store_cases(ray, repeat))
     finally:
         ray.shutdown()
     return out
 
 
-def bench_dask(repeat: int) -> dict[str, float]:
+def bench_dask(repeat: int, suites: list[str]) -> dict[str, float]:
     from dask import delayed
     from dask.distributed import Client, LocalCluster
 
     out: dict[str, float] = {}
+    if "tasks" not in suites:
+        return out  # the store suite is Ray-API only
     t = time.perf_counter()
     cluster = LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
@@ -199,15 +212,24 @@ def bench_dask(repeat: int) -> dict[str, float]:
 
 TASKS = {"tiny-tasks-10k": 10_000, "chain-2000": 2_000, "tree-reduce-10k": 19_999}
 TARGETS = {
-    "init-to-first-result": 1.0,
-    "tiny-tasks-10k": 2.0,
-    "chain-2000": 0.5,
-    "tree-reduce-10k": 3.0,
+    "init-to-first-result": "< 1 s",
+    "tiny-tasks-10k": "< 2 s",
+    "chain-2000": "< 0.5 s",
+    "tree-reduce-10k": "< 3 s",
+    "put-100MB": ">= 4 GB/s",
+    "get-1MB": "< 1 ms",
+    "get-100MB": "< 1 ms",
+    "get-1GB": "< 1 ms",
+    "one-100MB-to-8-tasks-memory": "one copy (no per-task copies)",
+}
+STORE_CASES = {f"{op}-{size}" for op in ("put", "get") for size in SIZES} | {
+    "one-100MB-to-8-tasks",
+    "one-100MB-to-8-tasks-memory",
 }
 
 
 def report(results: dict[str, dict[str, float]]) -> str:
-    engines = list(results)
+    engines = [e for e in results if results[e]]
     lines = [
         "| case | " + " | ".join(engines) + " | target |",
         "|---|" + "---|" * len(engines) + "---|",
@@ -218,14 +240,15 @@ def report(results: dict[str, dict[str, float]]) -> str:
             value = results[engine].get(case)
             if value is None:
                 cells.append("n/a")
+            elif case in STORE_CASES:
+                cells.append(format_case(case, value))
             elif case in TASKS:
                 cells.append(f"{value:.3f} s ({TASKS[case] / value:,.0f} tasks/s)")
             elif case == "put-get-1MB":
                 cells.append(f"{value * 1e3:.2f} ms per round trip")
             else:
                 cells.append(f"{value:.3f} s")
-        target = TARGETS.get(case)
-        cells.append(f"< {target} s" if target else "")
+        cells.append(TARGETS.get(case, ""))
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -237,12 +260,14 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="also run Ray and Dask")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default=None, help="write the figures to this file")
+    parser.add_argument("--suite", choices=["tasks", "store", "all"], default="all")
     args = parser.parse_args()
-    results = {"graphexec": bench_graphexec(args.repeat)}
+    suites = ["tasks", "store"] if args.suite == "all" else [args.suite]
+    results = {"graphexec": bench_graphexec(args.repeat, suites)}
     if args.compare:
         for name, fn in (("ray", bench_ray), ("dask", bench_dask)):
             try:
-                results[name] = fn(args.repeat)
+                results[name] = fn(args.repeat, suites)
             except ImportError as err:
                 print(f"skipping {name}: {err}", file=sys.stderr)
             except Exception as err:  # a reference engine failing must not hide our figures

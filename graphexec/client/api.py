@@ -33,6 +33,7 @@ __all__ = [
     "init",
     "is_initialized",
     "nodes",
+    "object_store_stats",
     "persist",
     "put",
     "remote",
@@ -131,6 +132,7 @@ def init(address: str | None = None, **kwargs: Any) -> RuntimeContext:
                 num_gpus=kwargs.get("num_gpus"),
                 resources=resources,
                 memory=kwargs.get("memory"),
+                object_store_memory=_store_size(kwargs.get("object_store_memory")),
                 validate=bool(kwargs.get("_validate")),
             )
             address, token = cluster.address, cluster.token
@@ -146,6 +148,7 @@ def init(address: str | None = None, **kwargs: Any) -> RuntimeContext:
             client.start_in_thread()
             if cluster is not None:
                 _wait_for_node(client)
+            _attach_local_store(client)
         except BaseException as err:
             client.close()
             if cluster is not None:
@@ -175,6 +178,23 @@ def _resolve_address(address: str) -> str:
                 "GRAPHEXEC_ADDRESS, or call init() to start a local one"
             )
     return address if "://" in address else f"tcp://{address}"
+
+
+def _store_size(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"object_store_memory must be a positive number of bytes, got {value!r}")
+    return int(value)
+
+
+def _attach_local_store(client: Client) -> None:
+    """Read and write large objects through the shared store of this machine's node."""
+    info = client.request({"op": "cluster-info"})
+    for node in info["nodes"]:
+        address = node.get("store_address")
+        if address and client.run_on_loop(client.attach_store(address, node["node_id"])):
+            return
 
 
 def _wait_for_node(client: Client, timeout: float = 30.0) -> None:
@@ -352,6 +372,40 @@ def nodes() -> list[dict[str, Any]]:
                 "Pid": node["pid"],
             }
         )
+    return out
+
+
+def object_store_stats() -> dict[str, Any]:
+    """Object store usage: cluster totals plus ``"nodes"`` (one dict per node).
+
+    Keys: ``used_bytes``, ``capacity_bytes``, ``spilled_bytes``, ``num_objects`` (and,
+    per node, more detail from the store).
+    """
+    client = current_client()
+    info = client.request({"op": "cluster-info"})
+    per_node = client.run_on_loop(_gather_store_stats(client, info["nodes"]))
+    totals = {"used_bytes": 0, "capacity_bytes": 0, "spilled_bytes": 0, "num_objects": 0}
+    for stats in per_node:
+        for name in totals:
+            totals[name] += int(stats.get(name, 0))
+    return {**totals, "nodes": per_node}
+
+
+async def _gather_store_stats(client: Client, nodes: list[dict[str, Any]]) -> list[Any]:
+    from graphexec.comm import connect
+    from graphexec.comm.rpc import RPCConnection
+
+    out = []
+    for node in nodes:
+        address = node.get("store_address")
+        if not address:
+            continue
+        rpc = RPCConnection(await connect(address, token=client.token))
+        try:
+            answer, _ = await rpc.call({"op": "store-stats"})
+            out.append(answer["stats"])
+        finally:
+            await rpc.close()
     return out
 
 

@@ -18,6 +18,7 @@ ref to the key is dropped; large ones are fetched from the worker holding them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import threading
@@ -32,12 +33,14 @@ from graphexec.client.refs import LazyRef, ObjectRef
 from graphexec.comm import connect
 from graphexec.comm.batched import BatchedSend, ConnectionPool, split_frames
 from graphexec.comm.core import Comm
+from graphexec.comm.rpc import RemoteError
 from graphexec.errors import CommClosedError, GetTimeoutError, SchedulerLostError
 from graphexec.graph.keys import key_name
 from graphexec.graph.optimize import optimize
 from graphexec.graph.task import Fused, Task
 from graphexec.protocol import serialize as ser
 from graphexec.protocol.tasks import FunctionRegistry, dumps_task
+from graphexec.store.client import StoreClient, read_remote
 
 __all__ = ["Client"]
 
@@ -46,12 +49,13 @@ FETCH_ATTEMPTS = 5
 
 
 class _KeyResult:
-    __slots__ = ("status", "inline", "who_has", "exception", "origin", "nbytes")
+    __slots__ = ("status", "inline", "who_has", "exception", "origin", "nbytes", "store_nodes")
 
     def __init__(self) -> None:
         self.status = "pending"
         self.inline: list[bytes] | None = None
         self.who_has: list[str] = []
+        self.store_nodes: list[list[str]] = []
         self.exception: dict[str, Any] | None = None
         self.origin = ""
         self.nbytes = 0
@@ -91,6 +95,8 @@ class Client:
         self._batched: BatchedSend | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pool = ConnectionPool(token)
+        #: this machine's node store, when the client runs on a node of the cluster
+        self.store: StoreClient | None = None
         self._lost: BaseException | None = None
         self._closed = False
         #: a task blocking in get (nested tasks) lends its CPU; no-op outside workers
@@ -141,6 +147,8 @@ class Client:
             with contextlib.suppress(BaseException):
                 await self._reader
         await self._pool.close()
+        if self.store is not None:
+            await self.store.close()
         self._fail_all(SchedulerLostError("the client was closed"))
 
     def _stop_thread(self) -> None:
@@ -214,10 +222,10 @@ class Client:
             self._want(external)
         if not graph:
             return
-        for lazy_ref in lazy:
-            lazy_ref.consume()
+        # keys this process still references once the graph's own lazy refs are gone
+        consumed = collections.Counter(ref.key for ref in lazy)
         with self._lock:
-            wants = [k for k in graph if self._counts.get(k, 0) > 0]
+            wants = [k for k in graph if self._counts.get(k, 0) - consumed[k] > 0]
             self._submitted.update(wants)
             for key in wants:
                 self._results.setdefault(key, _KeyResult())
@@ -229,6 +237,9 @@ class Client:
                 functions[fid] = blob
                 self._sent_functions.add(fid)
         self._send({"op": "update-graph", "tasks": tasks, "wants": wants, "functions": functions})
+        # only now: releases these cause must reach the scheduler after the graph does
+        for lazy_ref in lazy:
+            lazy_ref.consume()
         for ref in refs_list:
             ref._node = None  # submitted: the scheduler holds the graph now
 
@@ -265,12 +276,35 @@ class Client:
         if keys:
             self._send({"op": "want-keys", "keys": keys})
 
+    async def attach_store(self, address: str, node_id: str) -> bool:
+        """Use the store at ``address`` if its arena is on this machine (same node)."""
+        store = StoreClient(address, token=self.token, node_id=node_id)
+        try:
+            await store.connect()
+        except FileNotFoundError:  # that node's arena is on another machine
+            await store.close()
+            return False
+        self.store = store
+        return True
+
     def put(self, value: Any) -> ObjectRef[Any]:
         self._check_alive()
         frames = ser.serialize(value)
         key = f"put-{uuid.uuid4().hex}"
-        ref: ObjectRef[Any] = ObjectRef(key, None, self)
         nbytes = ser.frames_nbytes(frames)
+        store = self.store
+        if store is not None and nbytes > INLINE_PUT_BYTES:
+            store.put_frames(key, frames)  # straight into shared memory, no copy over TCP
+            ref: ObjectRef[Any] = ObjectRef(key, None, self)
+            with self._lock:
+                self._submitted.add(key)
+                result = self._results[key] = _KeyResult()
+                result.status = "memory"
+                result.nbytes = nbytes
+                result.store_nodes = [[store.node_id, store.address]]
+            self._send({"op": "put", "key": key, "node": store.node_id, "nbytes": nbytes})
+            return ref
+        ref = ObjectRef(key, None, self)
         with self._lock:
             self._submitted.add(key)
             result = self._results[key] = _KeyResult()
@@ -360,8 +394,23 @@ class Client:
             raise _make_error(result.exception or {}, result.origin or key)
         if result.inline is not None:
             return ser.deserialize(result.inline)
+        if result.store_nodes:
+            store = self.store
+            if store is not None and any(n == store.node_id for n, _ in result.store_nodes):
+                return ser.deserialize(store.get_frames(key))  # zero-copy, read-only
+            frames = self._run(self._fetch_from_store(key, [a for _, a in result.store_nodes]))
+            return ser.deserialize(frames)
         frames = self._run(self._fetch(key, result.who_has))
         return ser.deserialize(frames)
+
+    async def _fetch_from_store(self, key: str, addresses: list[str]) -> list[Any]:
+        last: BaseException | None = None
+        for address in addresses:
+            try:
+                return await read_remote(key, address, self.token)
+            except (CommClosedError, OSError, RemoteError) as err:
+                last = err
+        raise errors.ObjectLostError(f"object {key} could not be read from {addresses}: {last}")
 
     async def _fetch(self, key: str, who_has: list[str]) -> list[Any]:
         last: BaseException | None = None
@@ -422,6 +471,7 @@ class Client:
             result.status = "memory"
             result.inline = op.get("inline")
             result.who_has = op.get("who_has", [])
+            result.store_nodes = op.get("store_nodes", [])
             result.nbytes = op.get("nbytes", 0)
         else:
             result.status = "erred"
@@ -477,6 +527,10 @@ class Client:
             coro.close()
             raise RuntimeError("blocking graphexec calls cannot run on the event loop thread")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def run_on_loop(self, coro: Any, timeout: float | None = 30.0) -> Any:
+        """Run a coroutine on the client's loop from a user thread and return its result."""
+        return self._run(coro, timeout)
 
     def request(self, op: dict[str, Any], timeout: float | None = 10.0) -> Any:
         """Send an op with a request id and wait for the scheduler's response."""

@@ -43,10 +43,12 @@ class LocalCluster:
         num_gpus: float | None = None,
         resources: dict[str, float] | None = None,
         memory: float | None = None,
+        object_store_memory: int | None = None,
         host: str = "127.0.0.1",
         validate: bool = False,
     ) -> LocalCluster:
         token = secrets.token_hex(32)
+        cluster = secrets.token_hex(4)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, 0))
@@ -93,6 +95,9 @@ class LocalCluster:
                 node_cmd += ["--num-gpus", str(num_gpus)]
             if memory is not None:
                 node_cmd += ["--memory", str(memory)]
+            if object_store_memory is not None:
+                node_cmd += ["--object-store-memory", str(int(object_store_memory))]
+            node_cmd += ["--cluster", cluster]
             procs.append(subprocess.Popen(node_cmd, **common))
         except BaseException:
             cls(address, token, procs).stop()

@@ -20,7 +20,7 @@ class TaskState:
         "key", "state", "payload", "fids", "prefix", "priority", "demand", "cpus",
         "has_extra_demand", "dependencies", "dependents", "waiting_on", "who_wants",
         "who_has", "processing_on", "nbytes", "inline", "exception", "error_origin",
-        "retries", "run_id", "borrowed", "is_put",
+        "retries", "run_id", "borrowed", "is_put", "store_nodes",
     )  # fmt: skip
 
     def __init__(self, key: str) -> None:
@@ -47,6 +47,8 @@ class TaskState:
         self.run_id = 0
         self.borrowed: list[tuple[WorkerState, float]] = _NO_BORROW
         self.is_put = False
+        #: nodes whose object store holds this key (large objects; survive their worker)
+        self.store_nodes: set[NodeState] = _EMPTY
 
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
@@ -93,7 +95,10 @@ class WorkerState:
 class NodeState:
     """A machine (one node manager): total and currently free resources."""
 
-    __slots__ = ("id", "address", "total", "available", "workers", "host", "pid")
+    __slots__ = (
+        "id", "address", "total", "available", "workers", "host", "pid", "store_address",
+        "store_keys",
+    )  # fmt: skip
 
     def __init__(self, node_id: str, total: dict[str, float], host: str = "127.0.0.1") -> None:
         self.id = node_id
@@ -103,6 +108,9 @@ class NodeState:
         self.workers: dict[str, WorkerState] = {}
         self.host = host
         self.pid = 0
+        #: the node manager's store service (empty when the node has no store)
+        self.store_address = ""
+        self.store_keys: set[TaskState] = set()
 
     def idle_cpus(self) -> float:
         return sum(max(0.0, w.capacity - w.assigned_cpus) for w in self.workers.values())

@@ -99,7 +99,7 @@ def choose_worker(
         local = 0.0
         if deps:
             for dep in deps:
-                if ws in dep.who_has:
+                if ws in dep.who_has or ws.node in dep.store_nodes:
                     local += dep.nbytes + 1
         load = ws.assigned_cpus / ws.capacity if ws.capacity else float(len(ws.processing))
         score = (-local, load)

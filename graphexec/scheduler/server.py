@@ -80,7 +80,9 @@ class Scheduler:
                 op["nbytes"],
                 op.get("inline"),
                 op.get("duration", 0.0),
+                bool(op.get("in_store", False)),
             ),
+            "stored-copy": lambda wid, op, _: self.state.handle_stored_copy(wid, op["key"]),
             "task-erred": lambda wid, op, _: self.state.handle_task_erred(
                 wid, op["key"], op["run_id"], op["exception"], op.get("retryable", False)
             ),
@@ -195,7 +197,12 @@ class Scheduler:
             )
         elif role[0] == "node":
             self._execute(
-                self.state.handle_add_node(role[1], op["resources"], op.get("host", "127.0.0.1"))
+                self.state.handle_add_node(
+                    role[1],
+                    op["resources"],
+                    op.get("host", "127.0.0.1"),
+                    op.get("store_address", ""),
+                )
             )
             self.state.nodes[role[1]].pid = int(op.get("pid", 0))
         if "rid" in op:
@@ -237,6 +244,8 @@ class Scheduler:
         )
 
     def handle_put(self, cid: str, op: dict[str, Any], frames: list[Any]) -> list[Send]:
+        if op.get("node"):  # written into that node's object store by the client itself
+            return self.state.handle_put(cid, op["key"], [], int(op["nbytes"]), node_id=op["node"])
         nbytes = sum(len(memoryview(f).cast("B")) for f in frames)
         worker_id = None
         if nbytes > op.get("inline_limit", 100 * 1024) and self.state.workers:
@@ -263,6 +272,8 @@ class Scheduler:
                     for w in n.workers.values()
                 ],
                 "pid": n.pid,
+                "store_address": n.store_address,
+                "store_objects": len(n.store_keys),
             }
             for n in st.nodes.values()
         ]

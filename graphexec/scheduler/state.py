@@ -156,7 +156,17 @@ class SchedulerState:
             ws.has_what.discard(ts)
             out.append(Send(("worker", ws.id), {"op": "free-keys", "keys": [ts.key]}))
         ts.who_has = set()
+        for node in ts.store_nodes:
+            node.store_keys.discard(ts)
+            out.append(Send(("node", node.id), {"op": "free-keys", "keys": [ts.key]}))
+        ts.store_nodes = _EMPTY
         return out
+
+    def _add_store_copy(self, ts: TaskState, node: NodeState) -> None:
+        if ts.store_nodes is _EMPTY:
+            ts.store_nodes = set()
+        ts.store_nodes.add(node)
+        node.store_keys.add(ts)
 
     # ------------------------------------------------------------------ clients
 
@@ -261,15 +271,18 @@ class SchedulerState:
         frames: list[bytes],
         nbytes: int,
         worker_id: str | None = None,
+        node_id: str | None = None,
     ) -> list[Send]:
-        """A value stored by a client; ``worker_id`` when a large value went to a worker."""
+        """A value stored by a client: inline (small), on a worker, or in a node's store."""
         ts = self.tasks.get(key) or TaskState(key)
         self.tasks[key] = ts
         ts.is_put = True
         ts.state = "memory"
         ts.nbytes = nbytes
         out: list[Send] = []
-        if worker_id is None:
+        if node_id is not None and node_id in self.nodes:
+            self._add_store_copy(ts, self.nodes[node_id])
+        elif worker_id is None:
             ts.inline = frames
         else:
             ws = self.workers[worker_id]
@@ -344,11 +357,16 @@ class SchedulerState:
     # ------------------------------------------------------------------ workers
 
     def handle_add_node(
-        self, node_id: str, resources: dict[str, float], host: str = "127.0.0.1"
+        self,
+        node_id: str,
+        resources: dict[str, float],
+        host: str = "127.0.0.1",
+        store_address: str = "",
     ) -> list[Send]:
         node = self.nodes.get(node_id)
         if node is None:
             node = self.nodes[node_id] = NodeState(node_id, resources, host)
+        node.store_address = store_address
         # tasks no node could run may fit the newcomer
         out: list[Send] = []
         for ts in [t for t in self.unrunnable if feasible_on(t.demand, node)]:
@@ -362,6 +380,12 @@ class SchedulerState:
         out: list[Send] = []
         for worker_id in list(node.workers):
             out += self.handle_remove_worker(worker_id)
+        # the node's store went with it: objects with no other copy are lost
+        for ts in list(node.store_keys):
+            ts.store_nodes.discard(node)
+            if not _has_copy(ts) and ts.state == "memory":
+                out += self._lost(ts)
+        node.store_keys.clear()
         # queued work that only this node could run now waits for a new node
         for heap in self.queued.values():
             for _, ts in heap:
@@ -410,7 +434,7 @@ class SchedulerState:
                 out += self._transition(ts, "queued")
         for ts in list(ws.has_what):
             ts.who_has.discard(ws)
-            if not ts.who_has and ts.inline is None and ts.state == "memory":
+            if not _has_copy(ts) and ts.state == "memory":
                 out += self._lost(ts)
         ws.has_what.clear()
         return out + self._schedule()
@@ -423,11 +447,14 @@ class SchedulerState:
         nbytes: int,
         inline: list[bytes] | None,
         duration: float,
+        in_store: bool = False,
     ) -> list[Send]:
         ts = self.tasks.get(key)
         ws = self.workers.get(worker_id)
         if ts is None or ws is None or ts.state != "processing" or ts.run_id != run_id:
             # stale (cancelled, retried elsewhere, forgotten): drop the worker's copy
+            if ws is not None and in_store and (ts is None or ws.node not in ts.store_nodes):
+                return [Send(("node", ws.node.id), {"op": "free-keys", "keys": [key]})]
             if ws is not None and (ts is None or ws not in ts.who_has):
                 return [Send(("worker", worker_id), {"op": "free-keys", "keys": [key]})]
             return []
@@ -435,8 +462,11 @@ class SchedulerState:
         ts.state = "memory"
         ts.nbytes = nbytes
         ts.inline = inline
-        ts.who_has.add(ws)
-        ws.has_what.add(ts)
+        if in_store:
+            self._add_store_copy(ts, ws.node)
+        else:
+            ts.who_has.add(ws)
+            ws.has_what.add(ts)
         self.durations[ts.prefix] = _prefix_duration_update(self.durations.get(ts.prefix), duration)
         out = [self._report(ts, cid) for cid in ts.who_wants]
         for dep in ts.dependents:
@@ -463,6 +493,17 @@ class SchedulerState:
         self._unassign(ts, ws)
         ts.state = "queued"  # so _fail treats it as not running anywhere
         return self._fail(ts, exception, key) + self._schedule()
+
+    def handle_stored_copy(self, worker_id: str, key: str) -> list[Send]:
+        """A worker copied ``key`` into its node's store: one more place to read it."""
+        ws = self.workers.get(worker_id)
+        ts = self.tasks.get(key)
+        if ws is None:
+            return []
+        if ts is None or ts.state != "memory":
+            return [Send(("node", ws.node.id), {"op": "free-keys", "keys": [key]})]
+        self._add_store_copy(ts, ws.node)
+        return []
 
     def handle_task_blocked(self, worker_id: str, key: str, blocked: bool) -> list[Send]:
         """A running task waits in ``get``: lend (or take back) its CPU to the worker."""
@@ -555,7 +596,12 @@ class SchedulerState:
                     avail[name] = avail.get(name, 0.0) - amount
         deps: dict[str, Any] = {}
         for dep in ts.dependencies:
-            if ws in dep.who_has:
+            if dep.store_nodes:
+                if ws.node in dep.store_nodes:
+                    deps[dep.key] = ["store"]
+                else:
+                    deps[dep.key] = ["remote-store", [n.store_address for n in dep.store_nodes]]
+            elif ws in dep.who_has:
                 deps[dep.key] = ["local"]
             elif dep.inline is not None:
                 deps[dep.key] = ["inline", dep.inline]
@@ -627,6 +673,7 @@ class SchedulerState:
                 "nbytes": ts.nbytes,
                 "inline": ts.inline,
                 "who_has": [w.address for w in ts.who_has],
+                "store_nodes": [[n.id, n.store_address] for n in ts.store_nodes],
             }
         return Send(("client", client_id), msg)
 
@@ -732,7 +779,7 @@ class SchedulerState:
             else:
                 assert ts.processing_on is None, ts
             if ts.state == "memory":
-                assert ts.who_has or ts.inline is not None, ts
+                assert _has_copy(ts), ts
             if ts.state == "waiting":
                 assert ts.waiting_on, ts
             for dep in ts.dependencies:
@@ -743,6 +790,10 @@ class SchedulerState:
             for key, ts in ws.processing.items():
                 assert ts.processing_on is ws and ts.key == key
             assert ws.assigned_cpus >= -1e-9
+
+
+def _has_copy(ts: TaskState) -> bool:
+    return bool(ts.who_has or ts.store_nodes) or ts.inline is not None
 
 
 def _error_dict(type_name: str, message: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker-id", default=None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--owner-pid", type=int, default=None)
+    parser.add_argument("--store", default="", help="the node's object store service")
     args = parser.parse_args(argv)
     if args.owner_pid:
         die_with_parent(args.owner_pid)
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         cpus=args.cpus,
         worker_id=args.worker_id,
         listen_address=f"tcp://{args.host}:0",
+        store_address=args.store,
     )
 
     async def start() -> None:

@@ -61,11 +61,14 @@ def run_task(
     storage: ObjectStorage,
     load_function: Callable[[str], Any],
     make_ref: Callable[[str], Any],
+    store_large: Callable[[str, list[Any]], None] | None = None,
 ) -> tuple[dict[str, Any], Any, list[Any] | None]:
     """Run the task described by a ``compute`` op.
 
     Returns ``(report, value, frames)``: the op to send to the scheduler, and for a
-    success the value and its serialized frames to keep in storage.
+    success the value and its serialized frames to keep in storage. With
+    ``store_large``, results bigger than the inline limit are written to the node's
+    shared store here, on the executor thread, and not kept in this process.
     """
     key = msg["key"]
     start = time.perf_counter()
@@ -77,6 +80,10 @@ def run_task(
         result = _run(node, values, wrap)
         frames = ser.serialize(result)
         nbytes = ser.frames_nbytes(frames)
+        in_store = store_large is not None and nbytes > INLINE_BYTES
+        if in_store:
+            assert store_large is not None
+            store_large(key, frames)
     except BaseException as exc:  # user code: report everything, including SystemExit
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -100,6 +107,9 @@ def run_task(
         "inline": inline,
         "duration": time.perf_counter() - start,
     }
+    if in_store:
+        report["in_store"] = True
+        return report, None, None  # the store holds it; keep no second copy here
     return report, result, frames
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -24,10 +25,11 @@ from typing import Any
 
 import psutil
 
-from graphexec.comm import connect
+from graphexec.comm import connect, listen
 from graphexec.comm.batched import BatchedSend
-from graphexec.comm.core import Comm
+from graphexec.comm.core import Comm, Listener
 from graphexec.errors import CommClosedError
+from graphexec.store.node import NodeStore, default_store_capacity
 
 __all__ = ["NodeManager", "node_resources"]
 
@@ -70,6 +72,8 @@ class NodeManager:
         num_workers: int | None = None,
         node_id: str | None = None,
         host: str = "127.0.0.1",
+        cluster: str = "",
+        object_store_memory: int | None = None,
     ) -> None:
         self.scheduler_address = scheduler_address
         self.token = token
@@ -86,8 +90,19 @@ class NodeManager:
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
         self.finished = asyncio.Event()
+        self.cluster = cluster or hashlib.sha1(scheduler_address.encode()).hexdigest()[:10]
+        self.store = NodeStore(
+            self.cluster, self.id, object_store_memory or default_store_capacity()
+        )
+        self.resources["object_store_memory"] = float(self.store.capacity)
+        self._store_listener: Listener | None = None
 
     async def start(self) -> None:
+        self.store.open()
+        self._store_listener = await listen(
+            f"tcp://{self.host}:0", self.store.server.handle_comm, token=self.token
+        )
+        self.store.address = self._store_listener.address
         # start workers first: they connect to the scheduler on their own, in parallel
         for _ in range(self.num_workers):
             self._start_worker()
@@ -100,6 +115,7 @@ class NodeManager:
                 "resources": self.resources,
                 "host": self.host,
                 "pid": os.getpid(),
+                "store_address": self.store.address,
             }
         )
         self._reader = asyncio.ensure_future(self._read())
@@ -123,6 +139,8 @@ class NodeManager:
             str(os.getpid()),
             "--host",
             self.host,
+            "--store",
+            self.store.address,
         ]
         env = dict(os.environ, GRAPHEXEC_TOKEN=self.token)
         self.processes[worker_id] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
@@ -157,6 +175,9 @@ class NodeManager:
             proc = self.processes.get(op.get("worker", ""))
             if proc is not None and proc.poll() is None:
                 proc.kill()
+        elif name == "free-keys":
+            for key in op.get("keys", ()):
+                self.store.free(key)
         elif name == "close":
             self.finished.set()
         else:
@@ -172,6 +193,9 @@ class NodeManager:
                 with contextlib.suppress(BaseException):
                     await task
         await stop_processes(list(self.processes.values()))
+        if self._store_listener is not None:
+            self._store_listener.stop()
+        self.store.close()  # after the workers: nothing maps the arena any more
         if self._batched is not None:
             self._batched.abort()
         if self._comm is not None:
@@ -210,6 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory", type=float, default=None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--owner-pid", type=int, default=None)
+    parser.add_argument("--object-store-memory", type=int, default=None)
+    parser.add_argument("--cluster", default="", help="cluster name (store directory names)")
+    parser.add_argument("--node-id", default=None)
     args = parser.parse_args(argv)
     if args.owner_pid:
         die_with_parent(args.owner_pid)
@@ -218,7 +245,15 @@ def main(argv: list[str] | None = None) -> None:
     resources = node_resources(
         args.num_cpus, args.num_gpus, json.loads(args.resources), args.host, args.memory
     )
-    manager = NodeManager(args.scheduler, token=token, resources=resources, host=args.host)
+    manager = NodeManager(
+        args.scheduler,
+        token=token,
+        resources=resources,
+        host=args.host,
+        cluster=args.cluster,
+        node_id=args.node_id,
+        object_store_memory=args.object_store_memory,
+    )
     run_server(manager.start, manager.close, manager.finished.wait, owner_pid=args.owner_pid)
 
 

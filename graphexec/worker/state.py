@@ -77,6 +77,16 @@ class WorkerTaskState:
         for dep, (kind, *info) in msg.get("deps", {}).items():
             if kind == "inline":
                 out.append(("store-inline", dep, info[0]))
+            elif kind == "store":
+                out.append(("in-store", dep))  # in this node's shared store: read directly
+            elif kind == "remote-store":
+                task.missing.add(dep)
+                waiting = self.fetching.get(dep)
+                if waiting is None:
+                    self.fetching[dep] = {task.key}
+                    out.append(("fetch-store", dep, info[0] if info else []))
+                else:
+                    waiting.add(task.key)
             elif kind == "remote" or (kind == "local" and not self._has(dep)):
                 task.missing.add(dep)
                 waiting = self.fetching.get(dep)

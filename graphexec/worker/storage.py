@@ -95,3 +95,32 @@ class MemoryStorage:
 
     def total_bytes(self) -> int:
         return sum(e.nbytes for e in self._entries.values())
+
+
+class StoreBackedStorage(MemoryStorage):
+    """Small objects in this process's memory; large ones in the node's shared store.
+
+    Store objects are not cached here: every read leases the object and returns
+    zero-copy views, so the lease lives exactly as long as the objects built on it, and
+    a freed object is never kept alive by a worker that once read it.
+    """
+
+    def __init__(self, store: Any) -> None:
+        super().__init__()
+        self.store = store
+        self._in_store: set[str] = set()
+
+    def note_in_store(self, key: str) -> None:
+        self._in_store.add(key)
+
+    def get_value(self, key: str) -> Any:
+        if key in self._entries or key not in self._in_store:
+            return super().get_value(key)
+        return ser.deserialize(self.store.get_frames(key))
+
+    def delete(self, key: str) -> None:
+        super().delete(key)
+        self._in_store.discard(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries or key in self._in_store

@@ -28,12 +28,14 @@ from typing import Any
 from graphexec.comm import connect, listen
 from graphexec.comm.batched import BatchedSend, ConnectionPool, split_frames
 from graphexec.comm.core import Comm, Listener
+from graphexec.comm.rpc import RemoteError
 from graphexec.errors import CommClosedError
 from graphexec.protocol import serialize as ser
+from graphexec.store.client import StoreClient
 from graphexec.worker.execute import run_task
 from graphexec.worker.executor import ExecItem, Executor
 from graphexec.worker.state import WorkerTask, WorkerTaskState
-from graphexec.worker.storage import MemoryStorage, ObjectStorage
+from graphexec.worker.storage import MemoryStorage, ObjectStorage, StoreBackedStorage
 
 __all__ = ["Worker"]
 
@@ -56,6 +58,7 @@ class Worker:
         storage: ObjectStorage | None = None,
         worker_id: str | None = None,
         validate: bool = False,
+        store_address: str = "",
     ) -> None:
         self.scheduler_address = scheduler_address
         self.token = token
@@ -65,6 +68,8 @@ class Worker:
         self.storage: ObjectStorage = storage if storage is not None else MemoryStorage()
         self.state = WorkerTaskState(self.storage.__contains__)
         self.validate = validate
+        self.store_address = store_address
+        self.store: StoreClient | None = None
         self._listen_address = listen_address
         self.address = ""
         self._functions: dict[str, Any] = {}
@@ -93,6 +98,11 @@ class Worker:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.store_address:
+            self.store = StoreClient(self.store_address, token=self.token, node_id=self.node_id)
+            await self.store.connect()
+            self.storage = StoreBackedStorage(self.store)
+            self.state = WorkerTaskState(self.storage.__contains__)
         self._listener = await listen(self._listen_address, self._handle_peer, token=self.token)
         self.address = self._listener.address
         self._comm = await connect(self.scheduler_address, token=self.token)
@@ -133,6 +143,8 @@ class Worker:
             with contextlib.suppress(BaseException):
                 await task
         await self._pool.close()
+        if self.store is not None:
+            await self.store.close()
         self.finished.set()
 
     def _spawn(self, coro: Any) -> None:
@@ -205,6 +217,11 @@ class Worker:
                     self.storage.put_frames(ins[1], ins[2])
             elif kind == "fetch":
                 self._spawn(self._fetch(ins[1], ins[2]))
+            elif kind == "fetch-store":
+                self._spawn(self._fetch_store(ins[1], ins[2]))
+            elif kind == "in-store":
+                if isinstance(self.storage, StoreBackedStorage):
+                    self.storage.note_in_store(ins[1])
             elif kind == "send":
                 self._send(ins[1])
             elif kind == "unqueue":
@@ -228,7 +245,7 @@ class Worker:
 
         def run() -> tuple[dict[str, Any], Any, Any]:
             try:
-                return run_task(msg, storage, self._load_function, self.make_ref)
+                return run_task(msg, storage, self._load_function, self.make_ref, self._store_large)
             except Exception as err:  # a bug of ours: fail the task, keep the worker
                 logger.exception("worker %s: internal error running %s", self.id, msg["key"])
                 return (
@@ -275,7 +292,9 @@ class Worker:
                 continue  # cancelled, or superseded by a newer run of the same key
             if task.status == "ready":
                 self.state.handle_started(item.key)
-            if report["op"] == "task-finished":
+            if report.get("in_store") and isinstance(self.storage, StoreBackedStorage):
+                self.storage.note_in_store(item.key)
+            elif report["op"] == "task-finished":
                 self.storage.put(item.key, value, frames, report["nbytes"])
             self._execute_instructions(self.state.handle_done(task, report))
 
@@ -290,6 +309,34 @@ class Worker:
             self._loop.call_soon_threadsafe(self._send, op)
 
     # ------------------------------------------------------------------ data transfer
+
+    @property
+    def _store_large(self) -> Callable[[str, list[Any]], None] | None:
+        store = self.store
+        if store is None:
+            return None
+
+        def write(key: str, frames: list[Any]) -> None:  # runs on an executor thread
+            store.put_frames(key, frames)
+
+        return write
+
+    async def _fetch_store(self, key: str, addresses: list[str]) -> None:
+        """Copy ``key`` from another node's store into ours, in chunks."""
+        reason = "no node holds it"
+        if self.store is not None:
+            for address in addresses:
+                try:
+                    await self.store.copy_from(key, address)
+                except (CommClosedError, OSError, RemoteError) as err:
+                    reason = f"{address}: {err}"
+                    continue
+                if isinstance(self.storage, StoreBackedStorage):
+                    self.storage.note_in_store(key)
+                self._send({"op": "stored-copy", "key": key})
+                self._execute_instructions(self.state.handle_fetched(key))
+                return
+        self._execute_instructions(self.state.handle_fetch_failed(key, reason))
 
     async def _fetch(self, key: str, addresses: list[str]) -> None:
         reason = "no worker holds it"

@@ -99,6 +99,18 @@ def test_error_is_task_error_and_user_class(cluster):
     assert ge.get(inc.remote(1)) == 2
 
 
+def test_temporary_refs_as_arguments_stay_alive(cluster):
+    # the put's only ref is a temporary: its release must not overtake the graph using it
+    for _ in range(20):
+        assert ge.get(inc.remote(ge.put(41))) == 42
+        assert float(ge.get(add.remote(ge.put(np.ones(200_000)), 0)).sum()) == 200_000
+    first = inc.remote(1)
+    assert ge.get(first) == 2
+    later = add.remote(first, 1)
+    del first  # submitted before, referenced only by the lazy task now
+    assert ge.get(later) == 3
+
+
 def test_num_returns(cluster):
     @ge.remote(num_returns=3)
     def three():

@@ -189,6 +189,7 @@ def test_large_result_is_reported_with_its_holders_not_its_bytes() -> None:
         "nbytes": BIG,
         "inline": None,
         "who_has": ["tcp://w1"],
+        "store_nodes": [],
     }
 
 
