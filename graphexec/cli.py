@@ -56,7 +56,9 @@ def demo(args: argparse.Namespace) -> int:
         _load_example("wordcount").main()
         print("\n2) a lazy graph, optimized before it runs (cull, fuse, order)")
         _load_example("lazy_graph").main()
-        print("\n3) many tiny tasks")
+        print("\n3) one large array shared by many tasks (shared-memory object store)")
+        _load_example("shared_array").main()
+        print("\n4) many tiny tasks")
 
         @ge.remote
         def noop(i: int) -> int:

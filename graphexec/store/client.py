@@ -6,8 +6,9 @@ own mapping of the node's arena file. The mapping is made once per process and r
 which is what makes writes run at memory speed instead of paying a page fault per page.
 
 * write: ``store-allocate`` -> copy the frames into the mapping -> ``store-seal``;
-* read: ``store-lease`` -> read-only views of the mapping; the lease is released when the
-  last object built on the views is garbage collected;
+* read: ``store-lease`` -> read-only views of the mapping; one server lease per object
+  per process, counted locally, released when the last object built on any of its views
+  is garbage collected (a second ``get`` of an object still in use costs no round trip);
 * copy from another node: lease there, pull chunks (``CHUNK_BYTES`` at a time) straight
   into a freshly allocated region here, seal; never two full copies in Python memory.
 
@@ -54,6 +55,8 @@ class StoreClient:
         self._rpc: RPCConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._releases: list[tuple[str, int]] = []
+        #: objects this process leases: key -> [offset, lengths, live local views]
+        self._held: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -94,12 +97,50 @@ class StoreClient:
 
     async def get_frames_async(self, key: str) -> list[memoryview]:
         """Zero-copy, read-only views of an object's frames (leased until collected)."""
-        rpc, mapping = self._ready()
+        views = self._views_of_held(key)
+        if views is not None:
+            return views
+        rpc, _ = self._ready()
         answer, _ = await rpc.call({"op": "store-lease", "key": key})
-        offset = int(answer["offset"])
-        return mapping.views(
-            offset, list(answer["lengths"]), lambda: self._release_later(key, offset)
-        )
+        return self._hold(key, int(answer["offset"]), [int(n) for n in answer["lengths"]])
+
+    def _views_of_held(self, key: str) -> list[memoryview] | None:
+        """Views of an object this process already leases: no round trip."""
+        with self._lock:
+            held = self._held.get(key)
+            if held is None:
+                return None
+            held[2] += 1
+            offset, lengths = held[0], held[1]
+        assert self.mapping is not None
+        return self.mapping.views(offset, lengths, lambda: self._view_dropped(key))
+
+    def _hold(self, key: str, offset: int, lengths: list[int]) -> list[memoryview]:
+        """A fresh server lease: count local views of it until the last one is dropped."""
+        with self._lock:
+            held = self._held.get(key)
+            extra_lease = held is not None and held[0] == offset
+            if held is not None and extra_lease:
+                held[2] += 1  # a concurrent get leased it too: give that lease back
+            else:
+                self._held[key] = [offset, lengths, 1]
+        if extra_lease:
+            self._release_later(key, offset)
+        assert self.mapping is not None
+        return self.mapping.views(offset, lengths, lambda: self._view_dropped(key))
+
+    def _view_dropped(self, key: str) -> None:
+        """A finalizer: one local view fewer; the last one releases the server lease."""
+        with self._lock:
+            held = self._held.get(key)
+            if held is None:
+                return
+            held[2] -= 1
+            if held[2] > 0:
+                return
+            del self._held[key]
+            offset = held[0]
+        self._release_later(key, offset)
 
     async def copy_from(self, key: str, peer: str) -> int:
         """Copy ``key`` from the store service at ``peer`` into this node's store."""
@@ -148,6 +189,9 @@ class StoreClient:
         return result
 
     def get_frames(self, key: str) -> list[memoryview]:
+        views = self._views_of_held(key)  # already leased here: no hop to the loop
+        if views is not None:
+            return views
         result: list[memoryview] = self._sync(self.get_frames_async(key))
         return result
 

@@ -116,7 +116,7 @@ class StoreServer:
         return {"offset": offset, "lengths": lengths, "nbytes": nbytes}, []
 
     def _release(self, owner: str, op: dict[str, Any]) -> None:
-        leases = [(key, None) for key in op.get("keys", ())]
+        leases: list[tuple[str, int | None]] = [(key, None) for key in op.get("keys", ())]
         leases += [(key, int(offset)) for key, offset in op.get("leases", ())]
         for key, offset in leases:
             try:

@@ -21,6 +21,23 @@ from graphexec.errors import ObjectStoreFullError
 MB = 1024 * 1024
 
 
+def _reap(pids, timeout=10.0):
+    """Wait for processes that became our children when their parent was killed."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not ours (reaped elsewhere, or no subreaper)
+                if not psutil.pid_exists(pid):
+                    break
+                time.sleep(0.02)
+                continue
+            if done:
+                break
+            time.sleep(0.02)
+
+
 def _wait(predicate, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,12 +83,13 @@ def test_stale_store_of_a_killed_node_manager_is_cleaned_at_next_start():
     ge.init(num_cpus=1, object_store_memory=32 * MB)
     try:
         created = set(glob.glob("/dev/shm/graphexec-*")) - before
-        node_pid = ge.nodes()[0]["Pid"]
-        psutil.Process(node_pid).kill()  # no chance to clean up
-        psutil.Process(node_pid).wait(10) if psutil.pid_exists(node_pid) else None
+        node_manager = psutil.Process(ge.nodes()[0]["Pid"])
+        orphans = [p.pid for p in node_manager.children()]  # its worker processes
+        node_manager.kill()  # no chance to clean up
         assert created <= set(glob.glob("/dev/shm/graphexec-*"))  # left behind
     finally:
         ge.shutdown()
+    _reap(orphans)  # its workers were re-parented to this process when it died
     ge.init(num_cpus=1, object_store_memory=32 * MB)  # the next start cleans it
     try:
         assert not (created & set(glob.glob("/dev/shm/graphexec-*")))

@@ -222,3 +222,16 @@ def test_validate_state_catches_inconsistencies() -> None:
     w.state.tasks["b"].status = "done"  # a done task must have been forgotten
     with pytest.raises(AssertionError):
         w.state.validate_state()
+
+
+def test_store_inputs_are_read_in_place_or_copied_in() -> None:
+    state = WorkerTaskState(lambda key: False)
+    out = state.handle_compute(
+        {"key": "t", "deps": {"a": ["store"], "b": ["remote-store", ["tcp://s2"]]}}
+    )
+    assert ("in-store", "a") in out
+    assert ("fetch-store", "b", ["tcp://s2"]) in out
+    assert state.tasks["t"].status == "fetching"
+    out = state.handle_fetched("b")
+    assert [ins[0] for ins in out] == ["execute"]
+    state.validate_state()
