@@ -191,10 +191,9 @@ def _store_size(value: Any) -> int | None:
 def _attach_local_store(client: Client) -> None:
     """Read and write large objects through the shared store of this machine's node."""
     info = client.request({"op": "cluster-info"})
-    for node in info["nodes"]:
-        address = node.get("store_address")
-        if address and client.run_on_loop(client.attach_store(address, node["node_id"])):
-            return
+    client.offer_stores(
+        [(n["store_address"], n["node_id"]) for n in info["nodes"] if n.get("store_address")]
+    )
 
 
 def _wait_for_node(client: Client, timeout: float = 30.0) -> None:

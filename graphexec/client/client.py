@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphexec import errors
 from graphexec._context import notify_blocked
@@ -40,7 +40,9 @@ from graphexec.graph.optimize import optimize
 from graphexec.graph.task import Fused, Task
 from graphexec.protocol import serialize as ser
 from graphexec.protocol.tasks import FunctionRegistry, dumps_task
-from graphexec.store.client import StoreClient, read_remote
+
+if TYPE_CHECKING:
+    from graphexec.store.client import StoreClient
 
 __all__ = ["Client"]
 
@@ -95,8 +97,12 @@ class Client:
         self._batched: BatchedSend | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pool = ConnectionPool(token)
-        #: this machine's node store, when the client runs on a node of the cluster
-        self.store: StoreClient | None = None
+        #: this machine's node store, when the client runs on a node of the cluster;
+        #: attached on first use (large put/get), so init() does not pay for it
+        self._store: StoreClient | None = None
+        self._store_candidates: list[tuple[str, str]] = []
+        #: inside a worker: the worker's own store connection, made on first use
+        self.store_factory: Callable[[], StoreClient | None] | None = None
         self._lost: BaseException | None = None
         self._closed = False
         #: a task blocking in get (nested tasks) lends its CPU; no-op outside workers
@@ -147,8 +153,8 @@ class Client:
             with contextlib.suppress(BaseException):
                 await self._reader
         await self._pool.close()
-        if self.store is not None:
-            await self.store.close()
+        if self._store is not None:
+            await self._store.close()
         self._fail_all(SchedulerLostError("the client was closed"))
 
     def _stop_thread(self) -> None:
@@ -276,15 +282,36 @@ class Client:
         if keys:
             self._send({"op": "want-keys", "keys": keys})
 
+    def offer_stores(self, candidates: list[tuple[str, str]]) -> None:
+        """``(address, node_id)`` of stores that may be on this machine; used lazily."""
+        self._store_candidates = list(candidates)
+
+    @property
+    def store(self) -> StoreClient | None:
+        if self._store is None and self.store_factory is not None:
+            return self.store_factory()
+        if self._store is None and self._store_candidates and not self._in_loop_thread():
+            candidates, self._store_candidates = self._store_candidates, []
+            for address, node_id in candidates:
+                if self._run(self.attach_store(address, node_id)):
+                    break
+        return self._store
+
+    @store.setter
+    def store(self, value: StoreClient | None) -> None:
+        self._store = value
+
     async def attach_store(self, address: str, node_id: str) -> bool:
         """Use the store at ``address`` if its arena is on this machine (same node)."""
+        from graphexec.store.client import StoreClient
+
         store = StoreClient(address, token=self.token, node_id=node_id)
         try:
             await store.connect()
         except FileNotFoundError:  # that node's arena is on another machine
             await store.close()
             return False
-        self.store = store
+        self._store = store
         return True
 
     def put(self, value: Any) -> ObjectRef[Any]:
@@ -404,6 +431,8 @@ class Client:
         return ser.deserialize(frames)
 
     async def _fetch_from_store(self, key: str, addresses: list[str]) -> list[Any]:
+        from graphexec.store.client import read_remote
+
         last: BaseException | None = None
         for address in addresses:
             try:

@@ -23,5 +23,6 @@ async def install_worker_client(worker: Any) -> Client:
     worker.client = client
     worker.make_ref = lambda key: ObjectRef(key, None, client)
     await client.start_async()
+    client.store_factory = worker.ensure_store  # nested gets read the node's store in place
     set_current_client(client)
     return client

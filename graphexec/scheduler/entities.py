@@ -97,7 +97,7 @@ class NodeState:
 
     __slots__ = (
         "id", "address", "total", "available", "workers", "host", "pid", "store_address",
-        "store_keys",
+        "store_keys", "registered",
     )  # fmt: skip
 
     def __init__(self, node_id: str, total: dict[str, float], host: str = "127.0.0.1") -> None:
@@ -111,6 +111,8 @@ class NodeState:
         #: the node manager's store service (empty when the node has no store)
         self.store_address = ""
         self.store_keys: set[TaskState] = set()
+        #: False while only its workers have registered (a placeholder)
+        self.registered = False
 
     def idle_cpus(self) -> float:
         return sum(max(0.0, w.capacity - w.assigned_cpus) for w in self.workers.values())

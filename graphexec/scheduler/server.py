@@ -275,7 +275,7 @@ class Scheduler:
                 "store_address": n.store_address,
                 "store_objects": len(n.store_keys),
             }
-            for n in st.nodes.values()
+            for n in st.registered_nodes()
         ]
         tasks_by_state: dict[str, int] = {}
         for ts in st.tasks.values():

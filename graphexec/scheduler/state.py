@@ -366,7 +366,18 @@ class SchedulerState:
         node = self.nodes.get(node_id)
         if node is None:
             node = self.nodes[node_id] = NodeState(node_id, resources, host)
+        else:
+            # its workers registered first (a placeholder): the node's own word wins
+            node.total = dict(resources)
+            node.available = dict(resources)
+            node.host = host
+            for ws in node.workers.values():
+                for ts in ws.processing.values():
+                    for name, amount in ts.demand.items():
+                        if name != "CPU" and ts.has_extra_demand:
+                            node.available[name] = node.available.get(name, 0.0) - amount
         node.store_address = store_address
+        node.registered = True
         # tasks no node could run may fit the newcomer
         out: list[Send] = []
         for ts in [t for t in self.unrunnable if feasible_on(t.demand, node)]:
@@ -543,14 +554,18 @@ class SchedulerState:
 
     def cluster_resources(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for node in self.nodes.values():
+        for node in self.registered_nodes():
             for name, amount in node.total.items():
                 out[name] = out.get(name, 0.0) + amount
         return out
 
+    def registered_nodes(self) -> list[NodeState]:
+        """Nodes whose node manager has registered (not just some of their workers)."""
+        return [n for n in self.nodes.values() if n.registered]
+
     def available_resources(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for node in self.nodes.values():
+        for node in self.registered_nodes():
             for name, amount in node.available.items():
                 if name == "CPU":
                     used = sum(min(w.assigned_cpus, w.capacity) for w in node.workers.values())

@@ -230,6 +230,7 @@ class ArenaMapping:
         return True
 
     def _run_pretouch(self) -> None:
+        _lower_this_threads_priority()  # pre-faulting uses idle CPU only, never real work's
         while True:
             with self._lock:
                 if self._closed or self._touched >= self._touch_target:
@@ -275,6 +276,12 @@ class ArenaMapping:
 
 
 @functools.cache
+def _lower_this_threads_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux: nice is per thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 def _libc() -> Any:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 
-import psutil
-
 from graphexec.store.client import pretouch_bytes
 from graphexec.store.manager import StoreManager
 from graphexec.store.mapping import ArenaMapping
@@ -26,16 +24,9 @@ from graphexec.store.paths import (
 )
 from graphexec.store.server import StoreServer
 
-__all__ = ["DEFAULT_STORE_FRACTION", "NodeStore", "default_store_capacity"]
+__all__ = ["NodeStore"]
 
 logger = logging.getLogger("graphexec.store")
-
-#: share of the machine's RAM an object store takes when no size is given (as in Ray)
-DEFAULT_STORE_FRACTION = 0.3
-
-
-def default_store_capacity() -> int:
-    return int(psutil.virtual_memory().total * DEFAULT_STORE_FRACTION)
 
 
 class NodeStore:

@@ -18,10 +18,11 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -29,7 +30,12 @@ from graphexec.comm import connect, listen
 from graphexec.comm.batched import BatchedSend
 from graphexec.comm.core import Comm, Listener
 from graphexec.errors import CommClosedError
-from graphexec.store.node import NodeStore, default_store_capacity
+
+if TYPE_CHECKING:
+    from graphexec.store.node import NodeStore
+
+#: share of the machine's RAM an object store takes when no size is given (as in Ray)
+DEFAULT_STORE_FRACTION = 0.3
 
 __all__ = ["NodeManager", "node_resources"]
 
@@ -91,19 +97,24 @@ class NodeManager:
         self._closing = False
         self.finished = asyncio.Event()
         self.cluster = cluster or hashlib.sha1(scheduler_address.encode()).hexdigest()[:10]
-        self.store = NodeStore(
-            self.cluster, self.id, object_store_memory or default_store_capacity()
+        self.store_capacity = object_store_memory or int(
+            psutil.virtual_memory().total * DEFAULT_STORE_FRACTION
         )
-        self.resources["object_store_memory"] = float(self.store.capacity)
+        if self.store_capacity <= 0:
+            raise ValueError(f"object_store_memory must be positive, got {self.store_capacity}")
+        self.resources["object_store_memory"] = float(self.store_capacity)
+        self.store: NodeStore | None = None
         self._store_listener: Listener | None = None
+        # bound now, served once the store is open: workers can be given its address
+        # and start at once, their connections waiting in the backlog
+        self._store_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._store_sock.bind((host, 0))
+        self._store_sock.listen(128)
+        self.store_address = f"tcp://{host}:{self._store_sock.getsockname()[1]}"
 
     async def start(self) -> None:
-        self.store.open()
-        self._store_listener = await listen(
-            f"tcp://{self.host}:0", self.store.server.handle_comm, token=self.token
-        )
-        self.store.address = self._store_listener.address
-        # start workers first: they connect to the scheduler on their own, in parallel
+        # workers first, then the scheduler: both before the store (and its numpy import),
+        # which only large objects need; store clients wait in the pre-bound backlog
         for _ in range(self.num_workers):
             self._start_worker()
         self._comm = await connect(self.scheduler_address, token=self.token)
@@ -115,8 +126,19 @@ class NodeManager:
                 "resources": self.resources,
                 "host": self.host,
                 "pid": os.getpid(),
-                "store_address": self.store.address,
+                "store_address": self.store_address,
             }
+        )
+        from graphexec.store.node import NodeStore
+
+        self.store = NodeStore(self.cluster, self.id, self.store_capacity)
+        self.store.open()
+        self.store.address = self.store_address
+        self._store_listener = await listen(
+            self.store_address,
+            self.store.server.handle_comm,
+            token=self.token,
+            sock=self._store_sock,
         )
         self._reader = asyncio.ensure_future(self._read())
         self._monitor = asyncio.ensure_future(self._supervise())
@@ -140,7 +162,7 @@ class NodeManager:
             "--host",
             self.host,
             "--store",
-            self.store.address,
+            self.store_address,
         ]
         env = dict(os.environ, GRAPHEXEC_TOKEN=self.token)
         self.processes[worker_id] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
@@ -177,7 +199,8 @@ class NodeManager:
                 proc.kill()
         elif name == "free-keys":
             for key in op.get("keys", ()):
-                self.store.free(key)
+                if self.store is not None:
+                    self.store.free(key)
         elif name == "close":
             self.finished.set()
         else:
@@ -195,7 +218,10 @@ class NodeManager:
         await stop_processes(list(self.processes.values()))
         if self._store_listener is not None:
             self._store_listener.stop()
-        self.store.close()  # after the workers: nothing maps the arena any more
+        else:
+            self._store_sock.close()
+        if self.store is not None:
+            self.store.close()  # after the workers: nothing maps the arena any more
         if self._batched is not None:
             self._batched.abort()
         if self._comm is not None:

@@ -13,12 +13,13 @@ mutated once stored except to fill in a lazily made half.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from graphexec.errors import ObjectLostError
 from graphexec.protocol import serialize as ser
 
-__all__ = ["MemoryStorage", "ObjectStorage"]
+__all__ = ["MemoryStorage", "ObjectStorage", "StoreBackedStorage"]
 
 _MISSING: Any = object()
 
@@ -105,9 +106,10 @@ class StoreBackedStorage(MemoryStorage):
     a freed object is never kept alive by a worker that once read it.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, connect_store: Callable[[], Any]) -> None:
         super().__init__()
-        self.store = store
+        #: returns the node's StoreClient, connecting on first call (any thread but the loop)
+        self._connect_store = connect_store
         self._in_store: set[str] = set()
 
     def note_in_store(self, key: str) -> None:
@@ -116,7 +118,10 @@ class StoreBackedStorage(MemoryStorage):
     def get_value(self, key: str) -> Any:
         if key in self._entries or key not in self._in_store:
             return super().get_value(key)
-        return ser.deserialize(self.store.get_frames(key))
+        store = self._connect_store()
+        if store is None:
+            raise ObjectLostError(f"object {key} is in the node's store, which is unavailable")
+        return ser.deserialize(store.get_frames(key))
 
     def delete(self, key: str) -> None:
         super().delete(key)

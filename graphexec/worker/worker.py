@@ -23,7 +23,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphexec.comm import connect, listen
 from graphexec.comm.batched import BatchedSend, ConnectionPool, split_frames
@@ -31,13 +31,17 @@ from graphexec.comm.core import Comm, Listener
 from graphexec.comm.rpc import RemoteError
 from graphexec.errors import CommClosedError
 from graphexec.protocol import serialize as ser
-from graphexec.store.client import StoreClient
 from graphexec.worker.execute import run_task
 from graphexec.worker.executor import ExecItem, Executor
 from graphexec.worker.state import WorkerTask, WorkerTaskState
 from graphexec.worker.storage import MemoryStorage, ObjectStorage, StoreBackedStorage
 
+if TYPE_CHECKING:
+    from graphexec.store.client import StoreClient
+
 __all__ = ["Worker"]
+
+STORE_CONNECT_TIMEOUT = 30.0
 
 logger = logging.getLogger("graphexec.worker")
 
@@ -70,6 +74,10 @@ class Worker:
         self.validate = validate
         self.store_address = store_address
         self.store: StoreClient | None = None
+        self._store_lock = asyncio.Lock()
+        if store_address:
+            self.storage = StoreBackedStorage(self.ensure_store)
+            self.state = WorkerTaskState(self.storage.__contains__)
         self._listen_address = listen_address
         self.address = ""
         self._functions: dict[str, Any] = {}
@@ -98,11 +106,6 @@ class Worker:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if self.store_address:
-            self.store = StoreClient(self.store_address, token=self.token, node_id=self.node_id)
-            await self.store.connect()
-            self.storage = StoreBackedStorage(self.store)
-            self.state = WorkerTaskState(self.storage.__contains__)
         self._listener = await listen(self._listen_address, self._handle_peer, token=self.token)
         self.address = self._listener.address
         self._comm = await connect(self.scheduler_address, token=self.token)
@@ -118,6 +121,31 @@ class Worker:
             }
         )
         self._reader = asyncio.ensure_future(self._read_scheduler(self._comm))
+
+    # ------------------------------------------------------------------ the node's store
+
+    async def connect_store(self) -> StoreClient | None:
+        """Connect to the node's store on first need (not at start: it is off the path
+        to the first result, and most tasks never make a large object)."""
+        if self.store is not None or not self.store_address:
+            return self.store
+        async with self._store_lock:
+            if self.store is None:
+                from graphexec.store.client import StoreClient
+
+                store = StoreClient(self.store_address, token=self.token, node_id=self.node_id)
+                await store.connect()
+                self.store = store
+        return self.store
+
+    def ensure_store(self) -> StoreClient | None:
+        """:meth:`connect_store` from a thread other than the loop's (executor threads)."""
+        if self.store is not None or not self.store_address or self._loop is None:
+            return self.store
+        result: StoreClient | None = asyncio.run_coroutine_threadsafe(
+            self.connect_store(), self._loop
+        ).result(STORE_CONNECT_TIMEOUT)
+        return result
 
     async def close(self) -> None:
         if self._closing:
@@ -312,11 +340,12 @@ class Worker:
 
     @property
     def _store_large(self) -> Callable[[str, list[Any]], None] | None:
-        store = self.store
-        if store is None:
+        if not self.store_address:
             return None
 
         def write(key: str, frames: list[Any]) -> None:  # runs on an executor thread
+            store = self.ensure_store()
+            assert store is not None
             store.put_frames(key, frames)
 
         return write
@@ -324,7 +353,8 @@ class Worker:
     async def _fetch_store(self, key: str, addresses: list[str]) -> None:
         """Copy ``key`` from another node's store into ours, in chunks."""
         reason = "no node holds it"
-        if self.store is not None:
+        if await self.connect_store() is not None:
+            assert self.store is not None
             for address in addresses:
                 try:
                     await self.store.copy_from(key, address)

@@ -80,3 +80,11 @@ def test_a_put_into_a_store_is_located_on_its_node() -> None:
     assert computed(out) == [("w1", "use")]
     (compute,) = msgs(out, "compute")
     assert compute["deps"] == {"p": ["remote-store", ["tcp://store2"]]}
+
+
+def test_workers_registering_before_their_node_get_its_resources() -> None:
+    sim = Sim()
+    sim.worker("w1", "late")  # a placeholder node with the worker's CPU only
+    sim.do("handle_add_node", "late", {"CPU": 2, "GPU": 1}, "127.0.0.1", "tcp://s")
+    assert sim.state.cluster_resources() == {"CPU": 2, "GPU": 1}
+    assert sim.state.nodes["late"].store_address == "tcp://s"
