@@ -24,6 +24,8 @@ import psutil
 
 MB = 1024 * 1024
 SIZES = {"1MB": MB, "100MB": 100 * MB, "1GB": 1024 * MB}
+#: gets are sub-millisecond: a median over this many samples, whatever the size
+GET_SAMPLES = 20
 
 
 def _settle(seconds: float = 0.3) -> None:
@@ -66,7 +68,7 @@ def store_cases(api: Any, repeat: int = 3) -> dict[str, float]:
         out[f"put-{label}"] = min(puts)
         ref = api.put(array)
         gets = []
-        for _ in range(max(repeat, 20 if nbytes <= 100 * MB else 5)):
+        for _ in range(max(repeat, GET_SAMPLES)):
             t = time.perf_counter()
             value = api.get(ref)
             gets.append(time.perf_counter() - t)
