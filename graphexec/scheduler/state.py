@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from graphexec.errors import InvalidTransition
+from graphexec.scheduler import queries
 from graphexec.scheduler.entities import (
     _EMPTY,
     _NO_BORROW,
@@ -526,53 +527,19 @@ class SchedulerState:
         ws.blocked_cpus = max(0.0, ws.blocked_cpus + (cpus if blocked else -cpus))
         return self._schedule() if blocked else []
 
-    # ------------------------------------------------------------------ queries
+    # ------------------------------------------------------------------ queries (queries.py)
 
     def explain_pending(self, keys: Iterable[str]) -> dict[str, str]:
-        """Why each of ``keys`` is not finished yet, in words for an error message."""
-        out: dict[str, str] = {}
-        totals = self.cluster_resources()
-        for key in keys:
-            ts = self.tasks.get(key)
-            if ts is None:
-                out[key] = "unknown to the scheduler (released or never submitted)"
-            elif ts.state == "no-worker":
-                out[key] = (
-                    f"needs {ts.demand} but no node has that much; cluster resources are {totals}"
-                )
-            elif ts.state == "queued":
-                out[key] = f"waiting for free resources {ts.demand}"
-            elif ts.state == "waiting":
-                dep = next(iter(ts.waiting_on), None)
-                out[key] = f"waiting for input {dep.key if dep else '?'}"
-            elif ts.state == "processing":
-                where = ts.processing_on.address if ts.processing_on else "?"
-                out[key] = f"running on worker {where}"
-            else:
-                out[key] = ts.state
-        return out
+        return queries.explain_pending(self, keys)
 
     def cluster_resources(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for node in self.registered_nodes():
-            for name, amount in node.total.items():
-                out[name] = out.get(name, 0.0) + amount
-        return out
+        return queries.cluster_resources(self)
 
     def registered_nodes(self) -> list[NodeState]:
-        """Nodes whose node manager has registered (not just some of their workers)."""
-        return [n for n in self.nodes.values() if n.registered]
+        return queries.registered_nodes(self)
 
     def available_resources(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for node in self.registered_nodes():
-            for name, amount in node.available.items():
-                if name == "CPU":
-                    used = sum(min(w.assigned_cpus, w.capacity) for w in node.workers.values())
-                    busy = sum(1 for w in node.workers.values() if w.processing)
-                    amount = max(0.0, amount - max(used, 0.0) if busy else amount)
-                out[name] = out.get(name, 0.0) + amount
-        return out
+        return queries.available_resources(self)
 
     # ------------------------------------------------------------------ internals
 
