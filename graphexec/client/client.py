@@ -37,7 +37,7 @@ from graphexec.comm.rpc import RemoteError
 from graphexec.errors import CommClosedError, GetTimeoutError, SchedulerLostError
 from graphexec.graph.keys import key_name
 from graphexec.graph.optimize import optimize
-from graphexec.graph.task import Fused, Task
+from graphexec.graph.task import Fused, Task, collect_refs
 from graphexec.protocol import serialize as ser
 from graphexec.protocol.tasks import FunctionRegistry, dumps_task
 
@@ -583,31 +583,15 @@ class Client:
 
 
 def _lazy_refs_of(node: Any) -> list[Any]:
+    """The counted refs (user ObjectRefs, LazyRefs) in a node's arguments."""
     out: list[Any] = []
-    nodes = node.nodes if isinstance(node, Fused) else (node,)
-    for n in nodes:
+    for n in node.nodes if isinstance(node, Fused) else (node,):
         if isinstance(n, Task):
-            _collect(n.args, out)
+            refs = collect_refs(n.args)
             if n.kwargs:
-                _collect(n.kwargs, out)
+                collect_refs(n.kwargs, refs)
+            out += [r for r in refs if isinstance(r, (LazyRef, ObjectRef))]
     return out
-
-
-def _collect(obj: Any, out: list[Any]) -> None:
-    typ = type(obj)
-    if typ is LazyRef or typ is ObjectRef:
-        out.append(obj)
-    elif typ is list or typ is tuple:
-        for x in obj:
-            if type(x) not in _PLAIN:
-                _collect(x, out)
-    elif typ is dict:
-        for x in obj.values():
-            if type(x) not in _PLAIN:
-                _collect(x, out)
-
-
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 _ERRORS: dict[str, type[Exception]] = {

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from graphexec.graph.task import TaskRef
+from graphexec.graph.task import TaskRef, collect_refs
 
 __all__ = ["LazyRef", "ObjectRef", "capture_refs"]
 
@@ -119,25 +119,11 @@ def capture_refs(obj: Any) -> Any:
     if typ is tuple:
         return tuple(capture_refs(x) for x in obj) if _has_ref(obj) else obj
     if typ is dict:
-        if not _has_ref(obj.values()):
+        if not _has_ref(obj):
             return obj
         return {k: capture_refs(v) for k, v in obj.items()}
     return obj
 
 
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
-
-
-def _has_ref(items: Any) -> bool:
-    for x in items:
-        typ = type(x)
-        if typ in _PLAIN:
-            continue
-        if isinstance(x, ObjectRef):
-            return True
-        if typ is list or typ is tuple:
-            if _has_ref(x):
-                return True
-        elif typ is dict and _has_ref(x.values()):
-            return True
-    return False
+def _has_ref(obj: Any) -> bool:
+    return any(isinstance(ref, ObjectRef) for ref in collect_refs(obj))

@@ -40,6 +40,7 @@ __all__ = [
     "Resolve",
     "Task",
     "TaskRef",
+    "collect_refs",
     "find_refs",
     "substitute",
 ]
@@ -72,31 +73,43 @@ class TaskRef:
         return (TaskRef, (self.key,))
 
 
+def collect_refs(obj: Any, out: list[TaskRef] | None = None) -> list[TaskRef]:
+    """Every :class:`TaskRef` (subclasses included) inside ``obj``, in order.
+
+    Lists, tuples, sets and dict values are searched recursively. This is the one
+    traversal of task arguments; :func:`find_refs` and the client build on it.
+
+    >>> collect_refs([TaskRef("a"), {"x": (1, TaskRef("b"))}])
+    [TaskRef('a'), TaskRef('b')]
+    """
+    if out is None:
+        out = []
+    typ = type(obj)
+    if isinstance(obj, TaskRef):
+        out.append(obj)
+    elif typ is list or typ is tuple or typ is set or typ is frozenset:
+        for item in obj:
+            # fast skip of plain scalars keeps big argument lists cheap
+            if type(item) not in _SCALARS:
+                collect_refs(item, out)
+    elif typ is dict:
+        for item in obj.values():
+            if type(item) not in _SCALARS:
+                collect_refs(item, out)
+    return out
+
+
 def find_refs(obj: Any, out: set[str] | None = None) -> set[str]:
     """Return the keys of every :class:`TaskRef` inside ``obj``.
-
-    Lists, tuples, sets and dict values are searched recursively.
 
     >>> sorted(find_refs([TaskRef("a"), {"x": (1, TaskRef("b"))}]))
     ['a', 'b']
     >>> find_refs(3)
     set()
     """
-    if out is None:
-        out = set()
-    typ = type(obj)
-    if isinstance(obj, TaskRef):
-        out.add(obj.key)
-    elif typ is list or typ is tuple or typ is set or typ is frozenset:
-        for item in obj:
-            # fast skip of plain scalars keeps big argument lists cheap
-            if type(item) not in _SCALARS:
-                find_refs(item, out)
-    elif typ is dict:
-        for item in obj.values():
-            if type(item) not in _SCALARS:
-                find_refs(item, out)
-    return out
+    keys = out if out is not None else set()
+    keys.update(ref.key for ref in collect_refs(obj))
+    return keys
 
 
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})

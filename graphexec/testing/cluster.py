@@ -137,6 +137,3 @@ class InProcessCluster:
             state.validate_state()
 
         self.run(check())
-
-    def refs_alive(self, refs: list[ObjectRef[Any]]) -> None:  # keeps refs in scope
-        return None

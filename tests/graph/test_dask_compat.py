@@ -20,6 +20,7 @@ from dask._task_spec import List as DaskList
 from dask._task_spec import Task as DaskTask
 from dask._task_spec import TaskRef as DaskRef
 
+from graphexec.graph import dask_compat
 from graphexec.graph.dask_compat import DaskTaskCall, from_dask, to_dask
 from graphexec.graph.local import execute
 from graphexec.graph.optimize import fuse, optimize
@@ -40,17 +41,7 @@ def pair(x, xs):
     return (x, xs)
 
 
-def flatten(keys):
-    out, stack = [], [iter(keys)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            out.append(item)
-        else:
-            stack.pop()
-    return out
+flatten = dask_compat._flatten  # nested lists of keys, as dask's compute takes them
 
 
 def nest(keys, values):
