@@ -32,6 +32,11 @@ _EXPORTS = {
     "cluster_resources": "graphexec.client.api",
     "compute": "graphexec.client.api",
     "get": "graphexec.client.api",
+    "get_actor": "graphexec.client.api",
+    "kill": "graphexec.client.api",
+    "method": "graphexec.client.api",
+    "ActorClass": "graphexec.actors.actor",
+    "ActorHandle": "graphexec.actors.actor",
     "get_runtime_context": "graphexec.client.api",
     "init": "graphexec.client.api",
     "is_initialized": "graphexec.client.api",
@@ -51,6 +56,8 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ActorClass",
+    "ActorHandle",
     "GetTimeoutError",
     "ObjectRef",
     "RemoteFunction",
@@ -66,9 +73,12 @@ __all__ = [
     "errors",
     "exceptions",
     "get",
+    "get_actor",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "object_store_stats",
     "persist",
@@ -80,6 +90,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from graphexec.actors.actor import ActorClass, ActorHandle
     from graphexec.client.api import (
         RuntimeContext,
         available_resources,
@@ -88,9 +99,12 @@ if TYPE_CHECKING:
         cluster_resources,
         compute,
         get,
+        get_actor,
         get_runtime_context,
         init,
         is_initialized,
+        kill,
+        method,
         nodes,
         object_store_stats,
         persist,

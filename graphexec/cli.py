@@ -58,7 +58,9 @@ def demo(args: argparse.Namespace) -> int:
         _load_example("lazy_graph").main()
         print("\n3) one large array shared by many tasks (shared-memory object store)")
         _load_example("shared_array").main()
-        print("\n4) many tiny tasks")
+        print("\n4) actors: rollout actors gather experience, the driver learns a policy")
+        _load_example("actor_sim").main()
+        print("\n5) many tiny tasks")
 
         @ge.remote
         def noop(i: int) -> int:

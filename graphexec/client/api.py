@@ -29,9 +29,12 @@ __all__ = [
     "cluster_resources",
     "compute",
     "get",
+    "get_actor",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "object_store_stats",
     "persist",
@@ -144,6 +147,11 @@ def init(address: str | None = None, **kwargs: Any) -> RuntimeContext:
                     "GRAPHEXEC_TOKEN environment variable"
                 )
         client = Client(address, token=token, eager=bool(kwargs.get("eager", False)))
+        namespace = kwargs.get("namespace")
+        if namespace is not None:
+            if not isinstance(namespace, str) or not namespace:
+                raise ValueError(f"namespace must be a non-empty string, got {namespace!r}")
+            client.namespace = namespace
         try:
             client.start_in_thread()
             if cluster is not None:
@@ -236,16 +244,61 @@ def remote(*args: Any, **options: Any) -> Any:
         return _make_remote(args[0], {})
     if args:
         raise TypeError("use @graphexec.remote or @graphexec.remote(option=value, ...)")
-    DEFAULT_OPTIONS.merge(**options)  # validate now, at decoration time
     return lambda fn: _make_remote(fn, options)
 
 
 def _make_remote(obj: Any, options: dict[str, Any]) -> Any:
     if inspect.isclass(obj):
-        raise NotImplementedError(
-            "actors (@remote on a class) are not available yet in this version of graphexec"
-        )
+        from graphexec.actors.actor import ActorClass
+
+        return ActorClass(obj, options)
     return RemoteFunction(obj, DEFAULT_OPTIONS.merge(**options))
+
+
+def method(*, num_returns: int = 1) -> Any:
+    """Default options of an actor method: ``@graphexec.method(num_returns=2)``."""
+    from graphexec.actors.actor import method as actor_method
+
+    return actor_method(num_returns=num_returns)
+
+
+def get_actor(name: str, namespace: str | None = None) -> Any:
+    """The handle of the live actor called ``name``; ``ValueError`` if there is none."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"get_actor() needs an actor name, got {name!r}")
+    from graphexec.actors.actor import ActorHandle
+    from graphexec.actors.caller import caller_of
+
+    client = current_client()
+    namespace = namespace or client.namespace
+    info = client.request({"op": "get-actor", "name": name, "namespace": namespace})
+    if info is None:
+        raise ValueError(
+            f"no live actor named {name!r} in namespace {namespace!r}; create it with "
+            f"Cls.options(name={name!r}).remote(...)"
+        )
+    caller = caller_of(client)
+    caller.link(info["actor"], watch=False)  # the lookup made this client a watcher
+    with client._lock:
+        caller._on_actor_info(info)
+    return ActorHandle(info["actor"], info["class_name"], info["methods"], client=client)
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """End an actor now: its pending and later calls raise ``ActorDiedError``.
+
+    With ``no_restart=False`` its process is killed and restarted (``max_restarts``).
+    """
+    from graphexec.actors.actor import ActorHandle
+
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(
+            f"kill() takes an actor handle, got {type(actor).__name__}; to stop a task use "
+            "graphexec.cancel(ref, force=True)"
+        )
+    current_client()._send(
+        {"op": "kill-actor", "actor": actor._actor_id, "no_restart": bool(no_restart)}
+    )
 
 
 def _check_refs(value: Any, what: str) -> list[ObjectRef[Any]]:

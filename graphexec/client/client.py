@@ -64,14 +64,15 @@ class _KeyResult:
 
 
 class _Waiter:
-    """Wakes a user thread once ``target`` of its keys are done."""
+    """Wakes a user thread (or calls ``callback``) once ``target`` of its keys are done."""
 
-    __slots__ = ("remaining", "event", "order")
+    __slots__ = ("remaining", "event", "order", "callback")
 
-    def __init__(self, remaining: int) -> None:
+    def __init__(self, remaining: int, callback: Callable[[], None] | None = None) -> None:
         self.remaining = remaining
         self.event = threading.Event()
         self.order: list[str] = []
+        self.callback = callback
 
 
 class Client:
@@ -107,6 +108,16 @@ class Client:
         self._closed = False
         #: a task blocking in get (nested tasks) lends its CPU; no-op outside workers
         self.on_block: Callable[[bool], None] | None = notify_blocked
+        #: keys whose value another part of this process produces (actor results) ->
+        #: the object that answers for them (``publish``, ``escaped``, ``released``)
+        self.owned: dict[str, Any] = {}
+        #: handlers for scheduler ops other than results (``actor-info``), lock held
+        self.op_handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
+        #: per-client state of higher layers (the actor caller), made on first use
+        self.extensions: dict[str, Any] = {}
+        #: owners of keys, closed with the client
+        self.owners: list[Any] = []
+        self.namespace = "default"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,6 +154,8 @@ class Client:
 
     async def close_async(self) -> None:
         self._closed = True
+        for owner in self.owners:
+            owner.close()
         if self._batched is not None:
             self._flush_releases()
             await self._batched.close(timeout=1.0)
@@ -178,6 +191,10 @@ class Client:
                 return
             self._counts.pop(key, None)
             self._results.pop(key, None)
+            if self.owned:
+                owner = self.owned.pop(key, None)
+                if owner is not None:
+                    owner.released(key)
             if key in self._submitted:
                 self._submitted.discard(key)
                 self._release_queue.append(key)
@@ -203,12 +220,17 @@ class Client:
         roots: list[str] = []
         stack: list[Any] = []
         refs_list = list(refs)
+        publish: list[str] = []
         with self._lock:
             for ref in refs_list:
                 roots.append(ref.key)
                 stack.append(ref)
+            n_roots = len(stack)
             while stack:
+                is_root = len(stack) <= n_roots
                 ref = stack.pop()
+                if is_root:
+                    n_roots -= 1
                 key = ref.key
                 if key in graph or key in self._submitted:
                     if isinstance(ref, LazyRef):
@@ -216,7 +238,10 @@ class Client:
                     continue
                 node = ref._node
                 if node is None:
-                    if key not in self._results:
+                    if key in self.owned:
+                        if not is_root:  # an actor's result as a task's input
+                            publish.append(key)
+                    elif key not in self._results:
                         external.append(key)
                     continue
                 graph[key] = node
@@ -228,6 +253,10 @@ class Client:
             self._want(external)
         if not graph:
             return
+        for key in publish:  # before the graph, on the same connection: in order
+            owner = self.owned.get(key)
+            if owner is not None:
+                owner.publish([key])
         # keys this process still references once the graph's own lazy refs are gone
         consumed = collections.Counter(ref.key for ref in lazy)
         with self._lock:
@@ -281,6 +310,31 @@ class Client:
                 self._results.setdefault(key, _KeyResult())
         if keys:
             self._send({"op": "want-keys", "keys": keys})
+
+    def escaped(self, key: str) -> None:
+        """A ref to ``key`` is being pickled (it leaves this process)."""
+        owner = self.owned.get(key)
+        if owner is not None:
+            owner.escaped(key)
+
+    @staticmethod
+    def _new_result() -> _KeyResult:
+        return _KeyResult()
+
+    def _on_done(self, keys: list[str], callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the thread that completes the last key) once all are done."""
+        with self._lock:
+            pending = [
+                k
+                for k in dict.fromkeys(keys)
+                if (r := self._results.get(k)) is not None and r.status == "pending"
+            ]
+            if pending:
+                waiter = _Waiter(len(pending), callback)
+                for key in pending:
+                    self._waiters.setdefault(key, []).append(waiter)
+                return
+        callback()
 
     def offer_stores(self, candidates: list[tuple[str, str]]) -> None:
         """``(address, node_id)`` of stores that may be on this machine; used lazily."""
@@ -490,6 +544,10 @@ class Client:
                             fut.set_exception(RuntimeError(op["error"]))
                         else:
                             fut.set_result(op.get("result"))
+                else:
+                    handler = self.op_handlers.get(name) if isinstance(name, str) else None
+                    if handler is not None:
+                        handler(op)
 
     def _on_key(self, op: dict[str, Any]) -> None:
         key = op["key"]
@@ -511,6 +569,8 @@ class Client:
             waiter.remaining -= 1
             if waiter.remaining <= 0:
                 waiter.event.set()
+                if waiter.callback is not None:
+                    waiter.callback()
 
     def _fail_all(self, err: BaseException) -> None:
         self._lost = err
@@ -600,10 +660,19 @@ _ERRORS: dict[str, type[Exception]] = {
     "ObjectLostError": errors.ObjectLostError,
     "KeyError": errors.ObjectLostError,
     "ActorDiedError": errors.ActorDiedError,
+    "ActorUnavailableError": errors.ActorUnavailableError,
 }
 
 
 def _make_error(exc: dict[str, Any], origin: str) -> BaseException:
+    if exc.get("constructor"):
+        inner = _make_error({k: v for k, v in exc.items() if k != "constructor"}, origin)
+        died = errors.ActorDiedError(
+            f"the actor died because its constructor raised {type(inner).__name__}:\n{inner}"
+        )
+        died.__cause__ = inner
+        died.cause = inner  # type: ignore[attr-defined]
+        return died
     pickled = exc.get("pickled")
     if pickled:
         try:

@@ -68,6 +68,9 @@ class ObjectRef(_CountedRef, Generic[T]):
         return f"ObjectRef({self.key})"
 
     def __reduce__(self) -> tuple[Any, ...]:
+        client = self._client
+        if client is not None and client.owned:
+            client.escaped(self.key)  # an actor result leaving: the scheduler must know it
         return (_rebuild_object_ref, (self.key,))
 
     def __await__(self) -> Any:

@@ -10,7 +10,9 @@ from typing import Any, Literal
 
 __all__ = ["ClientState", "NodeState", "State", "TaskState", "WorkerState"]
 
-State = Literal["released", "waiting", "queued", "no-worker", "processing", "memory", "erred"]
+State = Literal[
+    "released", "waiting", "queued", "no-worker", "processing", "memory", "erred", "external"
+]
 
 
 class TaskState:
@@ -66,7 +68,7 @@ class WorkerState:
 
     __slots__ = (
         "id", "address", "node", "cpus", "blocked_cpus", "status", "processing",
-        "assigned_cpus", "lent_cpus", "has_what", "functions", "pid",
+        "assigned_cpus", "lent_cpus", "has_what", "functions", "pid", "actor",
     )  # fmt: skip
 
     def __init__(self, worker_id: str, address: str, node: NodeState, cpus: float) -> None:
@@ -83,6 +85,8 @@ class WorkerState:
         self.has_what: set[TaskState] = set()
         self.functions: set[str] = set()
         self.pid = 0
+        #: the actor this worker process runs ('' for a task worker)
+        self.actor = ""
 
     @property
     def capacity(self) -> float:

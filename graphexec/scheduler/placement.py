@@ -92,7 +92,7 @@ def choose_worker(
     best_score: tuple[float, float] = (0.0, 0.0)
     deps = ts.dependencies
     for ws in workers:
-        if ws.status != "running" or not _fits_worker(ts, ws, allowance):
+        if ws.status != "running" or ws.actor or not _fits_worker(ts, ws, allowance):
             continue
         if ts.has_extra_demand and not _extra_fits(ts.demand, ws.node):
             continue

@@ -34,6 +34,8 @@ def explain_pending(state: SchedulerState, keys: Iterable[str]) -> dict[str, str
         elif ts.state == "waiting":
             dep = next(iter(ts.waiting_on), None)
             out[key] = f"waiting for input {dep.key if dep else '?'}"
+        elif ts.state == "external":
+            out[key] = "the result of an actor call that has not finished yet"
         elif ts.state == "processing":
             where = ts.processing_on.address if ts.processing_on else "?"
             out[key] = f"running on worker {where}"
@@ -61,7 +63,7 @@ def available_resources(state: SchedulerState) -> dict[str, float]:
         for name, amount in node.available.items():
             if name == "CPU":
                 used = sum(min(w.assigned_cpus, w.capacity) for w in node.workers.values())
-                busy = sum(1 for w in node.workers.values() if w.processing)
+                busy = any(w.processing or w.lent_cpus for w in node.workers.values())
                 amount = max(0.0, amount - max(used, 0.0) if busy else amount)
             out[name] = out.get(name, 0.0) + amount
     return out

@@ -71,6 +71,18 @@ class Scheduler:
             "cluster-info": self.handle_cluster_info,
             "explain-pending": self.handle_explain_pending,
             "shutdown-cluster": self.handle_shutdown_cluster,
+            "expect-keys": lambda cid, op, _: self.state.handle_expect_keys(cid, op["keys"]),
+            "key-failed": lambda cid, op, _: self.state.handle_key_failed(
+                cid, op["key"], op["exception"]
+            ),
+            "create-actor": self.handle_create_actor,
+            "get-actor": self.handle_get_actor,
+            "watch-actor": lambda cid, op, _: self.state.actors.watch(cid, op["actor"]),
+            "unwatch-actor": lambda cid, op, _: self.state.actors.unwatch(cid, op["actor"]),
+            "kill-actor": lambda cid, op, _: self.state.actors.kill(
+                op["actor"], bool(op.get("no_restart", True))
+            ),
+            "sync": self.handle_sync,
         }
         self._worker_handlers: dict[str, Handler] = {
             "task-finished": lambda wid, op, _: self.state.handle_task_finished(
@@ -88,6 +100,12 @@ class Scheduler:
             ),
             "task-blocked": lambda wid, op, _: self.state.handle_task_blocked(
                 wid, op["key"], op["blocked"]
+            ),
+            "actor-ready": lambda wid, op, _: self.state.actors.ready(
+                self.state.workers[wid], op["actor"], int(op["incarnation"])
+            ),
+            "actor-failed": lambda wid, op, _: self.state.actors.constructor_failed(
+                self.state.workers[wid], op["actor"], op["exception"]
             ),
         }
         self._node_handlers: dict[str, Handler] = {}
@@ -193,6 +211,7 @@ class Scheduler:
                     op["node"],
                     float(op.get("cpus", 1.0)),
                     int(op.get("pid", 0)),
+                    str(op.get("actor", "")),
                 )
             )
         elif role[0] == "node":
@@ -250,7 +269,11 @@ class Scheduler:
         worker_id = None
         if nbytes > op.get("inline_limit", 100 * 1024) and self.state.workers:
             # large values live on a worker; this one has the least data
-            ws = min(self.state.workers.values(), key=lambda w: len(w.has_what))
+            ws = min(
+                (w for w in self.state.workers.values() if not w.actor),
+                key=lambda w: len(w.has_what),
+                default=next(iter(self.state.workers.values())),
+            )
             worker_id = ws.id
             batched = self._peers.get(("worker", ws.id))
             if batched is not None:
@@ -289,8 +312,27 @@ class Scheduler:
             "tasks": tasks_by_state,
             "workers": len(st.workers),
             "clients": len(st.clients),
+            "actors": st.actors.summaries(),
         }
         self._reply(("client", cid), op, result=info)
+        return []
+
+    def handle_create_actor(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
+        if op.get("functions"):
+            self.state.functions.update(op["functions"])
+        answer, out = self.state.actors.create(cid, op)
+        if "rid" in op:
+            self._reply(("client", cid), op, result=answer)
+        return out
+
+    def handle_get_actor(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
+        info = self.state.actors.lookup(cid, op["name"], op.get("namespace") or "default")
+        self._reply(("client", cid), op, result=info)
+        return []
+
+    def handle_sync(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
+        """Answer once every op sent before this one on the connection was handled."""
+        self._reply(("client", cid), op, result=True)
         return []
 
     def handle_explain_pending(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:

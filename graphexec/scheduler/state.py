@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from graphexec.errors import InvalidTransition
 from graphexec.scheduler import queries
+from graphexec.scheduler.actors import ActorTable
 from graphexec.scheduler.entities import (
     _EMPTY,
     _NO_BORROW,
@@ -84,6 +85,7 @@ class SchedulerState:
         self.unrunnable: set[TaskState] = set()
         self.generation = itertools.count()
         self.validate = validate
+        self.actors = ActorTable(self)
         self._transitions: dict[tuple[str, str], Callable[[TaskState], list[Send]]] = {
             ("released", "waiting"): self._transition_released_waiting,
             ("waiting", "queued"): self._transition_waiting_queued,
@@ -183,7 +185,7 @@ class SchedulerState:
         for ts in list(cs.wants):
             ts.who_wants.discard(client_id)
             out += self._maybe_release(ts)
-        return out
+        return out + self.actors.client_disconnected(client_id) + self._schedule()
 
     def handle_update_graph(
         self,
@@ -277,10 +279,18 @@ class SchedulerState:
         """A value stored by a client: inline (small), on a worker, or in a node's store."""
         ts = self.tasks.get(key) or TaskState(key)
         self.tasks[key] = ts
+        was_external = ts.state == "external"
         ts.is_put = True
         ts.state = "memory"
         ts.nbytes = nbytes
         out: list[Send] = []
+        if was_external:
+            # an actor call's result its owner published: dependents may start now
+            for dep in ts.dependents:
+                if dep.state == "waiting":
+                    dep.waiting_on.discard(ts)
+                    if not dep.waiting_on:
+                        out += self._transition(dep, "queued")
         if node_id is not None and node_id in self.nodes:
             self._add_store_copy(ts, self.nodes[node_id])
         elif worker_id is None:
@@ -294,7 +304,34 @@ class SchedulerState:
         ts.who_wants.add(client_id)
         if worker_id is not None:
             out.append(self._report(ts, client_id))  # tell the client where it lives
+        if was_external:
+            out += [self._report(ts, cid) for cid in ts.who_wants if cid != client_id]
+            out += self._schedule()
         return out
+
+    def handle_expect_keys(self, client_id: str, keys: Iterable[str]) -> list[Send]:
+        """A client will publish these keys (actor results still running) with ``put``.
+
+        Until then they are ``external``: tasks that depend on them wait, as on any input.
+        """
+        cs = self.clients.setdefault(client_id, ClientState(client_id))
+        for key in keys:
+            if key in self.tasks:
+                continue
+            ts = self.tasks[key] = TaskState(key)
+            ts.state = "external"
+            ts.is_put = True
+            ts.who_wants.add(client_id)
+            cs.wants.add(ts)
+        return []
+
+    def handle_key_failed(self, client_id: str, key: str, exception: dict[str, Any]) -> list[Send]:
+        """An external key (an actor call) failed: its dependents fail with the error."""
+        ts = self.tasks.get(key)
+        if ts is None or ts.state != "external":
+            return []
+        ts.state = "queued"  # so _fail treats it as not running anywhere
+        return self._fail(ts, exception, key) + self._schedule()
 
     def handle_want_keys(self, client_id: str, keys: Iterable[str]) -> list[Send]:
         """A client holds refs to keys it did not submit (refs passed around)."""
@@ -383,7 +420,7 @@ class SchedulerState:
         out: list[Send] = []
         for ts in [t for t in self.unrunnable if feasible_on(t.demand, node)]:
             out += self._transition(ts, "queued")
-        return out + self._schedule()
+        return out + self.actors.place_pending() + self._schedule()
 
     def handle_remove_node(self, node_id: str) -> list[Send]:
         node = self.nodes.pop(node_id, None)
@@ -408,7 +445,13 @@ class SchedulerState:
         return out
 
     def handle_add_worker(
-        self, worker_id: str, address: str, node_id: str, cpus: float, pid: int = 0
+        self,
+        worker_id: str,
+        address: str,
+        node_id: str,
+        cpus: float,
+        pid: int = 0,
+        actor_id: str = "",
     ) -> list[Send]:
         node = self.nodes.get(node_id)
         if node is None:
@@ -417,6 +460,8 @@ class SchedulerState:
         ws.pid = pid
         self.workers[worker_id] = ws
         node.workers[worker_id] = ws
+        if actor_id:
+            return self.actors.worker_registered(ws, actor_id)
         return self._schedule()
 
     def handle_remove_worker(self, worker_id: str) -> list[Send]:
@@ -427,6 +472,8 @@ class SchedulerState:
         ws.status = "closed"
         ws.node.workers.pop(worker_id, None)
         out: list[Send] = []
+        if ws.actor:
+            out += self.actors.worker_removed(ws)
         for ts in list(ws.processing.values()):
             if ts.retries == 0:
                 self._unassign(ts, ws)
@@ -547,7 +594,7 @@ class SchedulerState:
         """Assign queued tasks to workers with room, most urgent first."""
         if not self.workers:
             return []
-        out: list[Send] = []
+        out: list[Send] = self.actors.place_pending() if self.actors.pending else []
         workers = list(self.workers.values())
         for heap in self.queued.values():
             while heap:
@@ -729,7 +776,7 @@ class SchedulerState:
         out: list[Send] = []
         if ts.state == "memory":
             out += self._transition(ts, "released")
-        elif ts.state in ("waiting", "queued", "no-worker"):
+        elif ts.state in ("waiting", "queued", "no-worker", "external"):
             # nobody wants it any more and it has not started: drop it (heaps skip it)
             self.unrunnable.discard(ts)
             ts.state = "released"

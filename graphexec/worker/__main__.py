@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--owner-pid", type=int, default=None)
     parser.add_argument("--store", default="", help="the node's object store service")
+    parser.add_argument("--actor", default="", help="host this actor (an actor's own process)")
     args = parser.parse_args(argv)
     if args.owner_pid:
         die_with_parent(args.owner_pid)
@@ -36,14 +37,20 @@ def main(argv: list[str] | None = None) -> None:
         worker_id=args.worker_id,
         listen_address=f"tcp://{args.host}:0",
         store_address=args.store,
+        actor_id=args.actor,
     )
 
     async def start() -> None:
-        await worker.start()
-        # nested tasks: a client sharing this worker's event loop, made on first use
+        # nested tasks: a client sharing this worker's event loop
         from graphexec.client.worker_client import install_worker_client
 
-        await install_worker_client(worker)
+        if args.actor:
+            # an actor's constructor may get() its arguments as soon as it is sent
+            await install_worker_client(worker)
+            await worker.start()
+        else:
+            await worker.start()
+            await install_worker_client(worker)
 
     run_server(start, worker.close, worker.finished.wait, owner_pid=args.owner_pid)
 

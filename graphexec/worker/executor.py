@@ -61,9 +61,12 @@ class Executor:
         *,
         name: str = "graphexec-runner",
         on_block: Callable[[ExecItem, bool], None] | None = None,
+        lend: bool = True,
     ) -> None:
         self.cpus = cpus
         self.on_block = on_block
+        #: False for actors: a call blocking in ``get`` keeps its slot (no other call starts)
+        self.lend = lend
         self._on_done = on_done
         self._name = name
         self._cond = threading.Condition()
@@ -108,6 +111,8 @@ class Executor:
     # -- called from runner threads (tasks blocking in get) -------------------------
 
     def block(self, item: ExecItem) -> None:
+        if not self.lend:
+            return
         with self._cond:
             if item.blocked:
                 return
@@ -117,6 +122,8 @@ class Executor:
 
     def set_blocked(self, item: ExecItem, blocked: bool) -> None:
         """Block or unblock ``item`` and tell the owner (``on_block``)."""
+        if not self.lend:
+            return
         if blocked:
             self.block(item)
         else:

@@ -90,6 +90,9 @@ class NodeManager:
         self.id = node_id or f"node-{uuid.uuid4().hex[:12]}"
         self.host = host
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: actor processes: started on the scheduler's word, never restarted here (the
+        #: scheduler decides restarts, per max_restarts)
+        self.actor_processes: dict[str, subprocess.Popen[bytes]] = {}
         self._comm: Comm | None = None
         self._batched: BatchedSend | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -143,7 +146,7 @@ class NodeManager:
         self._reader = asyncio.ensure_future(self._read())
         self._monitor = asyncio.ensure_future(self._supervise())
 
-    def _start_worker(self, worker_id: str | None = None) -> None:
+    def _start_worker(self, worker_id: str | None = None, actor_id: str = "") -> None:
         worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
         cmd = [
             sys.executable,
@@ -154,7 +157,7 @@ class NodeManager:
             "--node",
             self.id,
             "--cpus",
-            str(self.worker_cpus),
+            "0" if actor_id else str(self.worker_cpus),
             "--worker-id",
             worker_id,
             "--owner-pid",
@@ -164,8 +167,11 @@ class NodeManager:
             "--store",
             self.store_address,
         ]
+        if actor_id:
+            cmd += ["--actor", actor_id]
         env = dict(os.environ, GRAPHEXEC_TOKEN=self.token)
-        self.processes[worker_id] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        (self.actor_processes if actor_id else self.processes)[worker_id] = proc
 
     async def _supervise(self) -> None:
         while not self._closing:
@@ -177,6 +183,9 @@ class NodeManager:
                     )
                     del self.processes[worker_id]
                     self._start_worker()
+            for worker_id, proc in list(self.actor_processes.items()):
+                if proc.poll() is not None:  # the scheduler restarts actors, not us
+                    del self.actor_processes[worker_id]
 
     async def _read(self) -> None:
         assert self._comm is not None
@@ -193,8 +202,11 @@ class NodeManager:
 
     def _handle(self, op: dict[str, Any]) -> None:
         name = op.get("op")
-        if name == "kill-worker":
-            proc = self.processes.get(op.get("worker", ""))
+        if name == "start-actor":
+            self._start_worker(str(op["worker"]), actor_id=str(op["actor"]))
+        elif name == "kill-worker":
+            worker_id = op.get("worker", "")
+            proc = self.processes.get(worker_id) or self.actor_processes.get(worker_id)
             if proc is not None and proc.poll() is None:
                 proc.kill()
         elif name == "free-keys":
@@ -215,7 +227,7 @@ class NodeManager:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        await stop_processes(list(self.processes.values()))
+        await stop_processes(list(self.processes.values()) + list(self.actor_processes.values()))
         if self._store_listener is not None:
             self._store_listener.stop()
         else:

@@ -38,6 +38,7 @@ from graphexec.worker.storage import MemoryStorage, ObjectStorage, StoreBackedSt
 
 if TYPE_CHECKING:
     from graphexec.store.client import StoreClient
+    from graphexec.worker.actor import ActorRuntime
 
 __all__ = ["Worker"]
 
@@ -63,6 +64,7 @@ class Worker:
         worker_id: str | None = None,
         validate: bool = False,
         store_address: str = "",
+        actor_id: str = "",
     ) -> None:
         self.scheduler_address = scheduler_address
         self.token = token
@@ -101,6 +103,12 @@ class Worker:
         self.make_ref: MakeRef = lambda key: key
         #: set when a client lives in this process (nested tasks)
         self.client: Any = None
+        #: the actor this process hosts ('' for a task worker)
+        self.actor_id = actor_id
+        self.actor: ActorRuntime | None = None
+        #: actor calls being run -> the connection of the caller to answer
+        self._callers: dict[str, BatchedSend] = {}
+        self._caller_comms: set[Comm] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -108,6 +116,10 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._listener = await listen(self._listen_address, self._handle_peer, token=self.token)
         self.address = self._listener.address
+        if self.actor_id:
+            from graphexec.worker.actor import ActorRuntime
+
+            self.actor = ActorRuntime(self, self.actor_id)
         self._comm = await connect(self.scheduler_address, token=self.token)
         self._batched = BatchedSend(self._comm)
         self._batched.send(
@@ -118,6 +130,7 @@ class Worker:
                 "node": self.node_id,
                 "cpus": self.cpus,
                 "pid": os.getpid(),
+                "actor": self.actor_id,
             }
         )
         self._reader = asyncio.ensure_future(self._read_scheduler(self._comm))
@@ -154,6 +167,10 @@ class Worker:
         if self._listener is not None:
             self._listener.stop()
         await asyncio.get_running_loop().run_in_executor(None, self._executor.close, 1.0)
+        if self.actor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.actor.close)
+        for comm in list(self._caller_comms):
+            comm.abort()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close_async()
@@ -189,6 +206,7 @@ class Worker:
             "cancel-task": self.handle_cancel_task,
             "store-data": self.handle_store_data,
             "close": self.handle_close,
+            "actor-init": self.handle_actor_init,
         }
         try:
             while True:
@@ -234,12 +252,25 @@ class Worker:
     def handle_close(self, msg: dict[str, Any], frames: list[Any]) -> None:
         self._spawn(self.close())
 
+    def handle_actor_init(self, msg: dict[str, Any], frames: list[Any]) -> None:
+        functions = msg.pop("functions", None)
+        if functions:
+            self._function_blobs.update(functions)
+        if self.actor is None:
+            logger.warning("worker %s: actor-init for a task worker; ignored", self.id)
+            return
+        self.actor.init(msg, self._load_function)
+
     def _execute_instructions(self, instructions: list[tuple[Any, ...]]) -> None:
         items: list[ExecItem] = []
+        calls: list[WorkerTask] = []
         for ins in instructions:
             kind = ins[0]
             if kind == "execute":
-                items.append(self._exec_item(ins[1]))
+                if ins[1].key in self._callers:
+                    calls.append(ins[1])
+                else:
+                    items.append(self._exec_item(ins[1]))
             elif kind == "store-inline":
                 if ins[1] not in self.storage:
                     self.storage.put_frames(ins[1], ins[2])
@@ -251,13 +282,23 @@ class Worker:
                 if isinstance(self.storage, StoreBackedStorage):
                     self.storage.note_in_store(ins[1])
             elif kind == "send":
-                self._send(ins[1])
+                caller = self._callers.pop(ins[1].get("key", ""), None)
+                if caller is None:
+                    self._send(ins[1])
+                else:  # an actor call's input could not be fetched: fail the call
+                    op = ins[1]
+                    msg = {"op": "key-erred", "key": op["key"], "exception": op["exception"]}
+                    with contextlib.suppress(CommClosedError):
+                        caller.send(msg)
             elif kind == "unqueue":
                 self._executor.cancel(ins[1])
             elif kind == "discard":
                 self.storage.delete(ins[1])
         if items:
             self._executor.submit(items)
+        if calls:
+            assert self.actor is not None
+            self.actor.submit(calls)
 
     # ------------------------------------------------------------------ execution
 
@@ -390,10 +431,51 @@ class Worker:
             await asyncio.sleep(0.05 * (attempt + 1))
         self._execute_instructions(self.state.handle_fetch_failed(key, reason))
 
-    async def _handle_peer(self, comm: Comm) -> None:
+    # ------------------------------------------------------------------ actor calls
+
+    async def _serve_caller(self, comm: Comm, ops: list[Any], frames: list[Any]) -> None:
+        """A caller's connection: ``actor-call`` ops in, results out (batched)."""
+        batched = BatchedSend(comm)
+        self._caller_comms.add(comm)
         try:
             while True:
-                ops, _ = await comm.read()
+                for op, op_frames in split_frames(ops, frames):
+                    if op.get("op") == "actor-call" and self.actor is not None:
+                        self._start_call(op, op_frames, batched)
+                    elif op.get("op") != "actor-hello":
+                        logger.warning("worker %s: unknown caller op %r", self.id, op.get("op"))
+                ops, frames = await comm.read()
+        except CommClosedError:
+            pass
+        finally:
+            self._caller_comms.discard(comm)
+            batched.abort()
+
+    def _start_call(self, op: dict[str, Any], frames: list[Any], batched: BatchedSend) -> None:
+        op["frames"] = frames
+        self._callers[op["key"]] = batched
+        self._execute_instructions(self.state.handle_compute(op))
+
+    def finish_actor_call(self, task: WorkerTask, reports: list[dict[str, Any]]) -> None:
+        """An actor call ran (on the actor's thread or loop): answer its caller."""
+        if self.state.tasks.get(task.key) is task:
+            self.state.handle_started(task.key)
+            self.state.handle_done(task, {})
+        caller = self._callers.pop(task.key, None)
+        if caller is None:
+            return
+        with contextlib.suppress(CommClosedError):
+            for report in reports:
+                caller.send(report)
+
+    async def _handle_peer(self, comm: Comm) -> None:
+        try:
+            ops, frames = await comm.read()
+            first = ops[0] if ops else {}
+            if isinstance(first, dict) and first.get("op") in ("actor-call", "actor-hello"):
+                await self._serve_caller(comm, ops, frames)
+                return
+            while True:
                 reply: list[dict[str, Any]] = []
                 out_frames: list[Any] = []
                 for op in ops:
@@ -402,13 +484,14 @@ class Worker:
                         continue
                     for key in op.get("keys", []):
                         if key in self.storage:
-                            frames = list(self.storage.get_frames(key))
+                            data = list(self.storage.get_frames(key))
                             reply.append(
-                                {"op": "data", "key": key, "status": "ok", "nframes": len(frames)}
+                                {"op": "data", "key": key, "status": "ok", "nframes": len(data)}
                             )
-                            out_frames.extend(frames)
+                            out_frames.extend(data)
                         else:
                             reply.append({"op": "data", "key": key, "status": "missing"})
                 await comm.write(reply, out_frames)
+                ops, _ = await comm.read()
         except CommClosedError:
             pass

@@ -1,0 +1,584 @@
+"""The caller's side of actors: one link per actor, method calls sent straight to its worker.
+
+Each process that holds handles has one :class:`ActorCaller` (on its client). Per actor it
+keeps an :class:`_ActorLink`: what the scheduler last said about the actor
+(``actor-info``: status, address, incarnation, cause), a direct TCP connection to the
+actor's worker once it is alive, the calls not sent yet (in order) and the calls sent and
+not answered. The scheduler is not on the path of a call.
+
+Order: calls from this process to one actor are sent in the order they were made, on one
+connection, and a threaded actor with ``max_concurrency=1`` runs them in that order. A
+call whose ref arguments are not ready yet holds back the calls behind it.
+
+Arguments: refs are dependencies. The caller waits (on its loop, not the user's thread)
+until they are done, then sends their locations with the call (inline bytes, this node's
+store, another store or worker), as the scheduler does for tasks. Lazy refs are submitted
+first. A failed input fails the call with the input's error.
+
+Results belong to the caller: they come back inline (or, when large, as a location in the
+actor's node store). The scheduler only learns of a result when it must track it
+(*publishing*): when the result lives in a store (so the cluster frees it when released),
+when a lazy task depends on it, or when its ref is pickled to another process. A result
+published before it is ready is ``external`` at the scheduler until the caller forwards
+it (``put``) or its error (``key-failed``).
+
+Failure: when the actor's process dies, calls in flight are resent after the restart if
+``max_task_retries`` allows, else fail with ``ActorUnavailableError`` (the actor lives on,
+this call was lost); calls not sent yet wait for the restart. A dead actor fails every
+pending and later call with ``ActorDiedError`` carrying its cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from graphexec.client.refs import ObjectRef
+from graphexec.comm import connect
+from graphexec.comm.batched import BatchedSend
+from graphexec.comm.core import Comm
+from graphexec.errors import CommClosedError
+from graphexec.graph.keys import new_key
+from graphexec.graph.task import TaskRef, collect_refs
+from graphexec.protocol import serialize as ser
+
+if TYPE_CHECKING:
+    from graphexec.client.client import Client
+
+__all__ = ["ActorCaller", "caller_of", "return_keys"]
+
+logger = logging.getLogger("graphexec.actors")
+
+RECONNECT_DELAY = 0.05
+
+_escapes = threading.local()
+
+
+def return_keys(key: str, nreturns: int) -> list[str]:
+    """The keys of a call's results: ``key`` itself, or ``key-0 .. key-(n-1)``."""
+    return [key] if nreturns == 1 else [f"{key}-{i}" for i in range(nreturns)]
+
+
+def caller_of(client: Client) -> ActorCaller:
+    """The client's actor caller, made on first use."""
+    caller = client.extensions.get("actors")
+    if caller is None:
+        with client._lock:
+            caller = client.extensions.get("actors")
+            if caller is None:
+                caller = client.extensions["actors"] = ActorCaller(client)
+    return caller  # type: ignore[no-any-return]
+
+
+class _Call:
+    __slots__ = ("key", "keys", "method", "frames", "deps", "dep_refs", "retries", "synced")
+
+    def __init__(
+        self,
+        key: str,
+        nreturns: int,
+        method: str,
+        frames: list[Any],
+        dep_refs: list[TaskRef],
+        retries: int,
+        synced: bool,
+    ) -> None:
+        self.key = key
+        self.keys = return_keys(key, nreturns)
+        self.method = method
+        self.frames = frames
+        self.deps = list(dict.fromkeys(r.key for r in dep_refs))
+        #: the refs themselves: they keep their objects alive until the call is answered
+        self.dep_refs = dep_refs
+        self.retries = retries
+        #: False while refs this call carries are being published (scheduler round trip)
+        self.synced = synced
+
+
+class _ActorLink:
+    __slots__ = (
+        "actor_id", "status", "address", "node_id", "incarnation", "cause", "max_task_retries",
+        "queue", "inflight", "lost", "comm", "batched", "connecting", "handles", "waiting",
+        "ctor_refs", "class_name",
+    )  # fmt: skip
+
+    def __init__(self, actor_id: str) -> None:
+        self.actor_id = actor_id
+        self.status = "unknown"
+        self.address = ""
+        self.node_id = ""
+        self.incarnation = 0
+        self.cause: dict[str, Any] | None = None
+        self.max_task_retries = 0
+        self.class_name = "Actor"
+        self.queue: collections.deque[_Call] = collections.deque()
+        self.inflight: dict[str, _Call] = {}
+        #: calls sent on a connection that broke, waiting for the scheduler's verdict
+        self.lost: list[_Call] = []
+        self.comm: Comm | None = None
+        self.batched: BatchedSend | None = None
+        self.connecting = False
+        #: live ActorHandle objects for this actor in this process
+        self.handles = 0
+        #: the call whose inputs the link waits for (one callback at a time)
+        self.waiting: _Call | None = None
+        #: constructor ref arguments, kept alive until the actor is constructed
+        self.ctor_refs: list[Any] = []
+
+    def busy(self) -> bool:
+        return bool(self.queue or self.inflight or self.lost)
+
+
+class ActorCaller:
+    """Actor links of one client (one process)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.links: dict[str, _ActorLink] = {}
+        #: result key -> base key of the call that makes it
+        self._base: dict[str, str] = {}
+        #: keys published while pending: forward their result to the scheduler on arrival
+        self._published: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        client.op_handlers["actor-info"] = self._on_actor_info
+        client.owners.append(self)
+
+    # ------------------------------------------------------------------ user threads
+
+    def link(self, actor_id: str, *, watch: bool = True) -> _ActorLink:
+        with self.client._lock:
+            link = self.links.get(actor_id)
+            if link is None:
+                link = self.links[actor_id] = _ActorLink(actor_id)
+                if watch:
+                    self.client._send({"op": "watch-actor", "actor": actor_id})
+            return link
+
+    def handle_added(self, actor_id: str) -> None:
+        self.link(actor_id).handles += 1
+
+    def handle_dropped(self, actor_id: str) -> None:
+        with self.client._lock:
+            link = self.links.get(actor_id)
+            if link is None:
+                return
+            link.handles -= 1
+            if link.handles > 0:
+                return
+        self._on_loop(self._maybe_unlink, link)
+
+    def call(
+        self,
+        actor_id: str,
+        class_name: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        nreturns: int,
+    ) -> list[ObjectRef[Any]]:
+        """Send ``method(*args, **kwargs)`` to the actor; returns the result refs at once."""
+        client = self.client
+        client._check_alive()
+        link = self.link(actor_id)
+        key = new_key(f"{class_name}.{method}")
+        keys = return_keys(key, nreturns)
+        dep_refs = collect_refs(args)
+        if kwargs:
+            collect_refs(kwargs, dep_refs)
+        if dep_refs:
+            self._prepare_inputs(dep_refs)
+        escaped, frames = self.encode_arguments(args, kwargs)
+        refs: list[ObjectRef[Any]] = [ObjectRef(k, None, client) for k in keys]
+        with client._lock:
+            for k in keys:
+                client._results[k] = client._new_result()
+                client.owned[k] = self
+                self._base[k] = key
+        call = _Call(key, nreturns, method, frames, dep_refs, link.max_task_retries, not escaped)
+        if escaped:
+            self._sync_then(call, link)
+        self._on_loop(self._enqueue, link, call)
+        return refs
+
+    def _prepare_inputs(self, dep_refs: list[TaskRef]) -> None:
+        """Submit lazy inputs; ask the scheduler about refs this process did not make."""
+        client = self.client
+        lazy = [r for r in dep_refs if isinstance(r, ObjectRef) and r._node is not None]
+        if lazy:
+            client.submit(lazy)
+        with client._lock:
+            foreign = [r.key for r in dep_refs if r.key not in client._results]
+        if foreign:
+            client._want(foreign)
+
+    def encode_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[list[str], list[Any]]:
+        """Pickle arguments; top-level refs become plain refs (resolved to values there).
+
+        Returns the owned keys that nested refs carried out of this process (published
+        now), and the frames.
+        """
+        top_args = tuple(TaskRef(a.key) if isinstance(a, TaskRef) else a for a in args)
+        top_kwargs = {k: TaskRef(v.key) if isinstance(v, TaskRef) else v for k, v in kwargs.items()}
+        _escapes.keys = []
+        try:
+            frames = ser.serialize((top_args, top_kwargs))
+            escaped: list[str] = _escapes.keys
+        finally:
+            _escapes.keys = None
+        return escaped, frames
+
+    # ------------------------------------------------------------------ publishing
+
+    def escaped(self, key: str) -> None:
+        """A ref to an owned key is being pickled: the scheduler must know the key."""
+        collector = getattr(_escapes, "keys", None)
+        if collector is not None:
+            collector.append(key)
+        self.publish([key])
+
+    def publish(self, keys: list[str]) -> None:
+        """Make owned keys known to the scheduler (in order with what this thread sends)."""
+        client = self.client
+        expect: list[str] = []
+        puts: list[tuple[dict[str, Any], list[Any]]] = []
+        with client._lock:
+            for key in keys:
+                if key in client._submitted or key in self._published:
+                    continue
+                result = client._results.get(key)
+                if result is None:
+                    continue
+                client._submitted.add(key)
+                if result.status == "memory":
+                    puts.append(self._put_op(key, result))
+                else:
+                    expect.append(key)
+                    self._published.add(key)
+                    if result.status == "erred":
+                        puts.append(
+                            ({"op": "key-failed", "key": key, "exception": result.exception}, [])
+                        )
+        if expect:
+            client._send({"op": "expect-keys", "keys": expect})
+        for op, frames in puts:
+            client._send(op, frames)
+
+    @staticmethod
+    def _put_op(key: str, result: Any) -> tuple[dict[str, Any], list[Any]]:
+        if result.store_nodes:
+            node_id = result.store_nodes[0][0]
+            return {"op": "put", "key": key, "node": node_id, "nbytes": result.nbytes}, []
+        frames = list(result.inline or [])
+        return {"op": "put", "key": key, "inline_limit": 1 << 62}, frames
+
+    def released(self, key: str) -> None:
+        """The last ref to ``key`` is gone (client lock held)."""
+        self._published.discard(key)
+        self._base.pop(key, None)
+
+    def _sync_then(self, call: _Call, link: _ActorLink) -> None:
+        """Published refs ride in ``call``: send it once the scheduler has them."""
+
+        def done() -> None:
+            call.synced = True
+            self._pump(link)
+
+        async def sync() -> None:
+            rid = next(self.client._rids)
+            fut = asyncio.get_running_loop().create_future()
+            self.client._responses[rid] = fut
+            self.client._send({"op": "sync", "rid": rid})
+            with contextlib.suppress(Exception):
+                await fut
+            done()
+
+        self._on_loop(self._spawn, sync())
+
+    # ------------------------------------------------------------------ on the loop
+
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        client = self.client
+        if client._in_loop_thread():
+            fn(*args)
+        else:
+            assert client._loop is not None
+            with contextlib.suppress(RuntimeError):
+                client._loop.call_soon_threadsafe(fn, *args)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _enqueue(self, link: _ActorLink, call: _Call) -> None:
+        if link.status == "dead":
+            self._fail(call, link.cause or _died(f"actor {link.actor_id} is dead"))
+            return
+        link.queue.append(call)
+        self._pump(link)
+
+    def _pump(self, link: _ActorLink) -> None:
+        """Send queued calls, in order, while the actor is alive and inputs are ready."""
+        if link.status != "alive":
+            return
+        if link.batched is None:
+            if not link.connecting:
+                link.connecting = True
+                self._spawn(self._connect(link))
+            return
+        client = self.client
+        while link.queue:
+            call = link.queue[0]
+            if not call.synced:
+                return
+            with client._lock:
+                locations, failed = self._locations(call, link)
+            if locations is None:
+                if failed is not None:
+                    link.queue.popleft()
+                    self._fail(call, failed[1], origin=failed[0])
+                    continue
+                self._wait_inputs(call, link)
+                return
+            link.queue.popleft()
+            link.inflight[call.key] = call
+            op = {
+                "op": "actor-call",
+                "key": call.key,
+                "method": call.method,
+                "nreturns": len(call.keys),
+                "deps": locations,
+                "cpus": 1.0,
+            }
+            try:
+                link.batched.send(op, call.frames)
+            except CommClosedError:
+                self._link_broken(link)
+                return
+
+    def _locations(
+        self, call: _Call, link: _ActorLink
+    ) -> tuple[dict[str, Any] | None, tuple[str, dict[str, Any]] | None]:
+        """Where each input is, or ``(None, None)`` while one is pending (lock held)."""
+        results = self.client._results
+        out: dict[str, Any] = {}
+        for dep in call.deps:
+            result = results.get(dep)
+            if result is None or result.status == "pending":
+                return None, None
+            if result.status == "erred":
+                return None, (result.origin or dep, result.exception or {})
+            if result.inline is not None:
+                out[dep] = ["inline", result.inline]
+            elif result.store_nodes:
+                if any(node == link.node_id for node, _ in result.store_nodes):
+                    out[dep] = ["store"]
+                else:
+                    out[dep] = ["remote-store", [addr for _, addr in result.store_nodes]]
+            else:
+                out[dep] = ["remote", list(result.who_has)]
+        return out, None
+
+    def _wait_inputs(self, call: _Call, link: _ActorLink) -> None:
+        if link.waiting is call:
+            return
+        link.waiting = call
+
+        def ready() -> None:
+            if link.waiting is call:
+                link.waiting = None
+            self._pump(link)
+
+        self.client._on_done(call.deps, lambda: self._on_loop(ready))
+
+    async def _connect(self, link: _ActorLink) -> None:
+        address, incarnation = link.address, link.incarnation
+        try:
+            comm = await connect(address, token=self.client.token)
+        except (OSError, CommClosedError) as err:
+            logger.info("actor %s: cannot connect to %s: %s", link.actor_id, address, err)
+            link.connecting = False
+            await asyncio.sleep(RECONNECT_DELAY)
+            self._ask_again(link)
+            return
+        link.connecting = False
+        if link.status != "alive" or link.incarnation != incarnation:
+            comm.abort()
+            self._pump(link)
+            return
+        link.comm = comm
+        link.batched = BatchedSend(comm)
+        link.batched.send({"op": "actor-hello", "actor": link.actor_id})
+        self._spawn(self._read(link, comm))
+        with self.client._lock:
+            if link.lost:  # the same process after a broken connection: resend or fail
+                self._fail_lost(link)
+            self._pump(link)
+
+    async def _read(self, link: _ActorLink, comm: Comm) -> None:
+        client = self.client
+        try:
+            while True:
+                ops, _ = await comm.read()
+                with client._lock:
+                    for op in ops:
+                        self._answered(link, op)
+                    client._handle_batch(ops)
+        except CommClosedError:
+            if link.comm is comm:
+                self._link_broken(link)
+
+    def _answered(self, link: _ActorLink, op: dict[str, Any]) -> None:
+        """A result arrived (client lock held): retire the call, publish if needed."""
+        key = op.get("key", "")
+        base = self._base.get(key, key)
+        call = link.inflight.get(base)
+        if call is not None and key == call.keys[-1]:
+            del link.inflight[base]  # results of one call arrive together, in order
+        client = self.client
+        still_wanted = key in client._results
+        if op.get("op") == "key-in-memory" and op.get("store_nodes"):
+            # in a store: the cluster must know it to free it when the ref goes
+            node_id = op["store_nodes"][0][0]
+            client._submitted.add(key)
+            self._published.discard(key)
+            client._send({"op": "put", "key": key, "node": node_id, "nbytes": op["nbytes"]})
+            if not still_wanted:
+                client._submitted.discard(key)
+                client._send({"op": "release-keys", "keys": [key]})
+        elif key in self._published:
+            self._published.discard(key)
+            if op.get("op") == "key-in-memory":
+                client._send(
+                    {"op": "put", "key": key, "inline_limit": 1 << 62}, list(op.get("inline") or [])
+                )
+            else:
+                client._send({"op": "key-failed", "key": key, "exception": op.get("exception")})
+        if call is not None and not link.inflight and not link.queue:
+            self._on_loop(self._maybe_unlink, link)
+
+    # ------------------------------------------------------------------ failures
+
+    def _link_broken(self, link: _ActorLink, *, ask: bool = True) -> None:
+        """The connection to the actor's worker broke: ask the scheduler what happened."""
+        if link.comm is not None:
+            link.comm.abort()
+        link.comm = None
+        if link.batched is not None:
+            link.batched.abort()
+        link.batched = None
+        link.lost.extend(link.inflight.values())
+        link.inflight.clear()
+        if ask:
+            self._ask_again(link)
+
+    def _ask_again(self, link: _ActorLink) -> None:
+        if link.status == "alive":
+            link.status = "unknown"
+        self.client._send({"op": "watch-actor", "actor": link.actor_id})
+
+    def _on_actor_info(self, op: dict[str, Any]) -> None:
+        """The scheduler's word on an actor (client lock held, on the loop)."""
+        link = self.links.get(op["actor"])
+        if link is None:
+            return
+        status = op.get("status", "unknown")
+        incarnation = int(op.get("incarnation", 0))
+        new_incarnation = incarnation != link.incarnation
+        link.status = status
+        link.address = op.get("address", "")
+        link.node_id = op.get("node", "")
+        link.incarnation = incarnation
+        link.cause = op.get("cause")
+        link.max_task_retries = int(op.get("max_task_retries", 0))
+        link.class_name = op.get("class_name", link.class_name)
+        if status in ("alive", "dead"):
+            link.ctor_refs = []
+        if status == "dead":
+            cause = link.cause or _died(f"actor {link.actor_id} is dead")
+            for call in [*link.lost, *link.inflight.values(), *link.queue]:
+                self._fail(call, cause)
+            link.lost.clear()
+            link.inflight.clear()
+            link.queue.clear()
+            if link.comm is not None:
+                link.comm.abort()
+            link.comm = link.batched = None
+            return
+        if status == "restarting" or (status == "alive" and new_incarnation):
+            if link.comm is not None:
+                self._link_broken(link, ask=False)
+            self._fail_lost(link)
+        if status == "alive":
+            self._pump(link)
+
+    def _fail_lost(self, link: _ActorLink) -> None:
+        """Calls lost with a broken connection: resend (retries left) or fail."""
+        retry: list[_Call] = []
+        for call in link.lost:
+            if call.retries != 0:
+                if call.retries > 0:
+                    call.retries -= 1
+                retry.append(call)
+            else:
+                self._fail(
+                    call,
+                    _died(
+                        f"the process of actor {link.class_name} ({link.actor_id}) died while "
+                        f"running {call.method}; the actor is restarting, the call is not "
+                        "retried (set max_task_retries to retry calls)",
+                        "ActorUnavailableError",
+                    ),
+                )
+        link.lost.clear()
+        link.queue.extendleft(reversed(retry))
+
+    def _fail(self, call: _Call, exception: dict[str, Any], origin: str = "") -> None:
+        client = self.client
+        with client._lock:
+            for key in call.keys:
+                op = {
+                    "op": "key-erred",
+                    "key": key,
+                    "exception": exception,
+                    "origin": origin or key,
+                }
+                self._answered_failure(key, op)
+                client._on_key(op)
+
+    def _answered_failure(self, key: str, op: dict[str, Any]) -> None:
+        if key in self._published:
+            self._published.discard(key)
+            self.client._send({"op": "key-failed", "key": key, "exception": op["exception"]})
+
+    def _maybe_unlink(self, link: _ActorLink) -> None:
+        """No handle and no call left: stop watching the actor (it may end)."""
+        with self.client._lock:
+            if link.handles > 0 or link.busy() or self.links.get(link.actor_id) is not link:
+                return
+            del self.links[link.actor_id]
+        if link.comm is not None:
+            link.comm.abort()
+        if link.batched is not None:
+            link.batched.abort()
+        link.comm = link.batched = None
+        self.client._send({"op": "unwatch-actor", "actor": link.actor_id})
+
+    def close(self) -> None:
+        for link in list(self.links.values()):
+            if link.comm is not None:
+                link.comm.abort()
+            if link.batched is not None:
+                link.batched.abort()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _died(message: str, error_type: str = "ActorDiedError") -> dict[str, Any]:
+    return {"type": error_type, "message": message, "traceback": "", "pickled": None}
