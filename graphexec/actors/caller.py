@@ -2,9 +2,15 @@
 
 Each process that holds handles has one :class:`ActorCaller` (on its client). Per actor it
 keeps an :class:`_ActorLink`: what the scheduler last said about the actor
-(``actor-info``: status, address, incarnation, cause), a direct TCP connection to the
-actor's worker once it is alive, the calls not sent yet (in order) and the calls sent and
-not answered. The scheduler is not on the path of a call.
+(``actor-info``: status, address, incarnation, cause), a direct connection to the actor's
+own socket once it is alive, the calls not sent yet (in order) and the calls sent and not
+answered. The scheduler is not on the path of a call.
+
+Threads (no event loop on the path of a call): the user's thread writes a call straight
+to the actor's socket when nothing is queued ahead of it (``comm/blocking.py``); one reader
+thread per link takes the answers and wakes the waiting thread; one sender thread per
+caller connects links and sends queued calls once their inputs are ready. Lock order:
+a link's ``send_lock``, then the client's lock.
 
 Order: calls from this process to one actor are sent in the order they were made, on one
 connection, and a threaded actor with ``max_concurrency=1`` runs them in that order. A
@@ -30,18 +36,17 @@ pending and later call with ``ActorDiedError`` carrying its cause.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import logging
+import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from graphexec.client.refs import ObjectRef
-from graphexec.comm import connect
-from graphexec.comm.batched import BatchedSend
-from graphexec.comm.core import Comm
-from graphexec.errors import CommClosedError
+from graphexec.comm.blocking import BlockingComm, blocking_connect
+from graphexec.errors import CommClosedError, ProtocolError
 from graphexec.graph.keys import new_key
 from graphexec.graph.task import TaskRef, collect_refs
 from graphexec.protocol import serialize as ser
@@ -102,8 +107,8 @@ class _Call:
 class _ActorLink:
     __slots__ = (
         "actor_id", "status", "address", "node_id", "incarnation", "cause", "max_task_retries",
-        "queue", "inflight", "lost", "comm", "batched", "connecting", "handles", "waiting",
-        "ctor_refs", "class_name",
+        "queue", "inflight", "lost", "comm", "connecting", "handles", "waiting",
+        "ctor_refs", "class_name", "send_lock", "reader",
     )  # fmt: skip
 
     def __init__(self, actor_id: str) -> None:
@@ -119,8 +124,10 @@ class _ActorLink:
         self.inflight: dict[str, _Call] = {}
         #: calls sent on a connection that broke, waiting for the scheduler's verdict
         self.lost: list[_Call] = []
-        self.comm: Comm | None = None
-        self.batched: BatchedSend | None = None
+        self.comm: BlockingComm | None = None
+        self.reader: threading.Thread | None = None
+        #: held while deciding to send and sending: keeps the order of calls on the wire
+        self.send_lock = threading.Lock()
         self.connecting = False
         #: live ActorHandle objects for this actor in this process
         self.handles = 0
@@ -143,7 +150,9 @@ class ActorCaller:
         self._base: dict[str, str] = {}
         #: keys published while pending: forward their result to the scheduler on arrival
         self._published: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._kicks: queue.SimpleQueue[_ActorLink | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
+        self._closed = False
         client.op_handlers["actor-info"] = self._on_actor_info
         client.owners.append(self)
 
@@ -159,7 +168,9 @@ class ActorCaller:
             return link
 
     def handle_added(self, actor_id: str) -> None:
-        self.link(actor_id).handles += 1
+        link = self.link(actor_id)
+        with self.client._lock:
+            link.handles += 1
 
     def handle_dropped(self, actor_id: str) -> None:
         with self.client._lock:
@@ -167,9 +178,8 @@ class ActorCaller:
             if link is None:
                 return
             link.handles -= 1
-            if link.handles > 0:
-                return
-        self._on_loop(self._maybe_unlink, link)
+            if link.handles <= 0:
+                self._maybe_unlink(link)
 
     def call(
         self,
@@ -193,15 +203,33 @@ class ActorCaller:
             self._prepare_inputs(dep_refs)
         escaped, frames = self.encode_arguments(args, kwargs)
         refs: list[ObjectRef[Any]] = [ObjectRef(k, None, client) for k in keys]
-        with client._lock:
-            for k in keys:
-                client._results[k] = client._new_result()
-                client.owned[k] = self
-                self._base[k] = key
         call = _Call(key, nreturns, method, frames, dep_refs, link.max_task_retries, not escaped)
+        with link.send_lock:
+            with client._lock:
+                for k in keys:
+                    client._results[k] = client._new_result()
+                    client.owned[k] = self
+                    self._base[k] = key
+                if link.status == "dead":
+                    self._fail(call, link.cause or _died(f"actor {actor_id} is dead"))
+                    return refs
+                direct = link.comm is not None and not link.queue and call.synced
+                locations: dict[str, Any] | None = {}
+                if direct and call.deps:
+                    locations, _ = self._locations(call, link)
+                    direct = locations is not None
+                if direct:
+                    link.inflight[key] = call
+                else:
+                    link.queue.append(call)
+            if direct:
+                assert link.comm is not None and locations is not None
+                self._send_call(link, link.comm, call, locations)
+                return refs
         if escaped:
             self._sync_then(call, link)
-        self._on_loop(self._enqueue, link, call)
+        else:
+            self._kick(link)
         return refs
 
     def _prepare_inputs(self, dep_refs: list[TaskRef]) -> None:
@@ -259,11 +287,12 @@ class ActorCaller:
                     puts.append(self._put_op(key, result))
                 else:
                     expect.append(key)
-                    self._published.add(key)
                     if result.status == "erred":
                         puts.append(
                             ({"op": "key-failed", "key": key, "exception": result.exception}, [])
                         )
+                    else:
+                        self._published.add(key)
         if expect:
             client._send({"op": "expect-keys", "keys": expect})
         for op, frames in puts:
@@ -285,82 +314,89 @@ class ActorCaller:
     def _sync_then(self, call: _Call, link: _ActorLink) -> None:
         """Published refs ride in ``call``: send it once the scheduler has them."""
 
-        def done() -> None:
+        def synced(_: Any = None) -> None:
             call.synced = True
-            self._pump(link)
+            self._kick(link)
 
-        async def sync() -> None:
-            rid = next(self.client._rids)
-            fut = asyncio.get_running_loop().create_future()
-            self.client._responses[rid] = fut
-            self.client._send({"op": "sync", "rid": rid})
-            with contextlib.suppress(Exception):
-                await fut
-            done()
-
-        self._on_loop(self._spawn, sync())
-
-    # ------------------------------------------------------------------ on the loop
-
-    def _on_loop(self, fn: Any, *args: Any) -> None:
         client = self.client
-        if client._in_loop_thread():
-            fn(*args)
-        else:
-            assert client._loop is not None
-            with contextlib.suppress(RuntimeError):
-                client._loop.call_soon_threadsafe(fn, *args)
+        rid = next(client._rids)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        def ask() -> None:
+            fut = client._loop.create_future()  # type: ignore[union-attr]
+            client._responses[rid] = fut
+            fut.add_done_callback(synced)
+            client._send({"op": "sync", "rid": rid})
 
-    def _enqueue(self, link: _ActorLink, call: _Call) -> None:
-        if link.status == "dead":
-            self._fail(call, link.cause or _died(f"actor {link.actor_id} is dead"))
-            return
-        link.queue.append(call)
-        self._pump(link)
+        assert client._loop is not None
+        client._loop.call_soon_threadsafe(ask)
+
+    # ------------------------------------------------------------------ sending
+
+    def _kick(self, link: _ActorLink) -> None:
+        """Have the sender thread connect ``link`` and send what is queued."""
+        if self._sender is None:
+            with self.client._lock:
+                if self._sender is None and not self._closed:
+                    self._sender = threading.Thread(
+                        target=self._send_loop, name="graphexec-actor-sender", daemon=True
+                    )
+                    self._sender.start()
+        self._kicks.put(link)
+
+    def _send_loop(self) -> None:
+        while True:
+            link = self._kicks.get()
+            if link is None or self._closed:
+                return
+            try:
+                self._pump(link)
+            except Exception:  # a bug of ours must not stop every actor's calls
+                logger.exception("actor %s: sending calls failed", link.actor_id)
 
     def _pump(self, link: _ActorLink) -> None:
         """Send queued calls, in order, while the actor is alive and inputs are ready."""
+        client = self.client
         if link.status != "alive":
             return
-        if link.batched is None:
-            if not link.connecting:
-                link.connecting = True
-                self._spawn(self._connect(link))
-            return
-        client = self.client
-        while link.queue:
-            call = link.queue[0]
-            if not call.synced:
+        if link.comm is None:
+            self._connect(link)
+            if link.comm is None:
                 return
-            with client._lock:
-                locations, failed = self._locations(call, link)
-            if locations is None:
-                if failed is not None:
+        with link.send_lock:
+            comm = link.comm
+            while comm is not None and not comm.closed:
+                with client._lock:
+                    if not link.queue or link.status != "alive":
+                        return
+                    call = link.queue[0]
+                    if not call.synced:
+                        return
+                    locations, failed = self._locations(call, link)
+                    if locations is None:
+                        if failed is not None:
+                            link.queue.popleft()
+                            self._fail(call, failed[1], origin=failed[0])
+                            continue
+                        self._wait_inputs(call, link)
+                        return
                     link.queue.popleft()
-                    self._fail(call, failed[1], origin=failed[0])
-                    continue
-                self._wait_inputs(call, link)
-                return
-            link.queue.popleft()
-            link.inflight[call.key] = call
-            op = {
-                "op": "actor-call",
-                "key": call.key,
-                "method": call.method,
-                "nreturns": len(call.keys),
-                "deps": locations,
-                "cpus": 1.0,
-            }
-            try:
-                link.batched.send(op, call.frames)
-            except CommClosedError:
-                self._link_broken(link)
-                return
+                    link.inflight[call.key] = call
+                self._send_call(link, comm, call, locations)
+
+    def _send_call(
+        self, link: _ActorLink, comm: BlockingComm, call: _Call, locations: dict[str, Any]
+    ) -> None:
+        op = {
+            "op": "actor-call",
+            "key": call.key,
+            "method": call.method,
+            "nreturns": len(call.keys),
+            "deps": locations,
+            "nframes": len(call.frames),
+        }
+        # on a broken connection the reader thread moves the call to ``lost``
+        with contextlib.suppress(CommClosedError):
+            comm.send([op], call.frames)
 
     def _locations(
         self, call: _Call, link: _ActorLink
@@ -393,46 +429,50 @@ class ActorCaller:
         def ready() -> None:
             if link.waiting is call:
                 link.waiting = None
-            self._pump(link)
+            self._kick(link)
 
-        self.client._on_done(call.deps, lambda: self._on_loop(ready))
+        self.client._on_done(call.deps, ready)
 
-    async def _connect(self, link: _ActorLink) -> None:
+    def _connect(self, link: _ActorLink) -> None:
+        """Connect to the actor's socket (sender thread); on failure ask the scheduler."""
         address, incarnation = link.address, link.incarnation
         try:
-            comm = await connect(address, token=self.client.token)
-        except (OSError, CommClosedError) as err:
+            comm = blocking_connect(address, self.client.token)
+        except (OSError, CommClosedError, ProtocolError) as err:
             logger.info("actor %s: cannot connect to %s: %s", link.actor_id, address, err)
-            link.connecting = False
-            await asyncio.sleep(RECONNECT_DELAY)
-            self._ask_again(link)
+            time.sleep(RECONNECT_DELAY)
+            with self.client._lock:
+                self._ask_again(link)
             return
-        link.connecting = False
-        if link.status != "alive" or link.incarnation != incarnation:
-            comm.abort()
-            self._pump(link)
-            return
-        link.comm = comm
-        link.batched = BatchedSend(comm)
-        link.batched.send({"op": "actor-hello", "actor": link.actor_id})
-        self._spawn(self._read(link, comm))
         with self.client._lock:
+            if link.status != "alive" or link.incarnation != incarnation or self._closed:
+                comm.close()
+                return
+            link.comm = comm
+            link.reader = threading.Thread(
+                target=self._read,
+                args=(link, comm),
+                name=f"graphexec-actor-link-{link.actor_id[-8:]}",
+                daemon=True,
+            )
+            link.reader.start()
             if link.lost:  # the same process after a broken connection: resend or fail
                 self._fail_lost(link)
-            self._pump(link)
 
-    async def _read(self, link: _ActorLink, comm: Comm) -> None:
+    def _read(self, link: _ActorLink, comm: BlockingComm) -> None:
         client = self.client
         try:
             while True:
-                ops, _ = await comm.read()
+                batch = comm.read_batch()
                 with client._lock:
-                    for op in ops:
-                        self._answered(link, op)
-                    client._handle_batch(ops)
-        except CommClosedError:
-            if link.comm is comm:
-                self._link_broken(link)
+                    for header, _ in batch:
+                        for op in header:
+                            self._answered(link, op)
+                        client._handle_batch(header)
+        except (CommClosedError, ProtocolError, OSError):
+            with client._lock:
+                if link.comm is comm:
+                    self._link_broken(link)
 
     def _answered(self, link: _ActorLink, op: dict[str, Any]) -> None:
         """A result arrived (client lock held): retire the call, publish if needed."""
@@ -460,19 +500,16 @@ class ActorCaller:
                 )
             else:
                 client._send({"op": "key-failed", "key": key, "exception": op.get("exception")})
-        if call is not None and not link.inflight and not link.queue:
-            self._on_loop(self._maybe_unlink, link)
+        if call is not None and link.handles <= 0 and not link.busy():
+            self._maybe_unlink(link)
 
     # ------------------------------------------------------------------ failures
 
     def _link_broken(self, link: _ActorLink, *, ask: bool = True) -> None:
-        """The connection to the actor's worker broke: ask the scheduler what happened."""
+        """The connection to the actor broke (lock held): ask the scheduler what happened."""
         if link.comm is not None:
-            link.comm.abort()
+            link.comm.close()
         link.comm = None
-        if link.batched is not None:
-            link.batched.abort()
-        link.batched = None
         link.lost.extend(link.inflight.values())
         link.inflight.clear()
         if ask:
@@ -484,7 +521,7 @@ class ActorCaller:
         self.client._send({"op": "watch-actor", "actor": link.actor_id})
 
     def _on_actor_info(self, op: dict[str, Any]) -> None:
-        """The scheduler's word on an actor (client lock held, on the loop)."""
+        """The scheduler's word on an actor (client lock held, on the client's loop)."""
         link = self.links.get(op["actor"])
         if link is None:
             return
@@ -502,21 +539,31 @@ class ActorCaller:
             link.ctor_refs = []
         if status == "dead":
             cause = link.cause or _died(f"actor {link.actor_id} is dead")
-            for call in [*link.lost, *link.inflight.values(), *link.queue]:
-                self._fail(call, cause)
+            calls = [*link.lost, *link.inflight.values(), *link.queue]
             link.lost.clear()
             link.inflight.clear()
             link.queue.clear()
+            for call in calls:
+                self._fail(call, cause)
             if link.comm is not None:
-                link.comm.abort()
-            link.comm = link.batched = None
+                link.comm.close()
+            link.comm = None
             return
         if status == "restarting" or (status == "alive" and new_incarnation):
             if link.comm is not None:
                 self._link_broken(link, ask=False)
             self._fail_lost(link)
         if status == "alive":
-            self._pump(link)
+            self._kick(link)
+
+    def killed(self, actor_id: str) -> None:
+        """This process killed the actor for good: later calls fail here, at once."""
+        cause = _died("the actor was killed by graphexec.kill()")
+        with self.client._lock:
+            link = self.links.get(actor_id)
+            if link is not None:
+                info = {"actor": actor_id, "status": "dead", "cause": cause}
+                self._on_actor_info({**link_info(link), **info})
 
     def _fail_lost(self, link: _ActorLink) -> None:
         """Calls lost with a broken connection: resend (retries left) or fail."""
@@ -549,35 +596,49 @@ class ActorCaller:
                     "exception": exception,
                     "origin": origin or key,
                 }
-                self._answered_failure(key, op)
+                if key in self._published:
+                    self._published.discard(key)
+                    client._send({"op": "key-failed", "key": key, "exception": exception})
                 client._on_key(op)
 
-    def _answered_failure(self, key: str, op: dict[str, Any]) -> None:
-        if key in self._published:
-            self._published.discard(key)
-            self.client._send({"op": "key-failed", "key": key, "exception": op["exception"]})
-
     def _maybe_unlink(self, link: _ActorLink) -> None:
-        """No handle and no call left: stop watching the actor (it may end)."""
-        with self.client._lock:
-            if link.handles > 0 or link.busy() or self.links.get(link.actor_id) is not link:
-                return
-            del self.links[link.actor_id]
+        """No handle and no call left (lock held): stop watching the actor (it may end)."""
+        if link.handles > 0 or link.busy() or self.links.get(link.actor_id) is not link:
+            return
+        del self.links[link.actor_id]
         if link.comm is not None:
-            link.comm.abort()
-        if link.batched is not None:
-            link.batched.abort()
-        link.comm = link.batched = None
+            link.comm.close()
+        link.comm = None
         self.client._send({"op": "unwatch-actor", "actor": link.actor_id})
 
     def close(self) -> None:
-        for link in list(self.links.values()):
-            if link.comm is not None:
-                link.comm.abort()
-            if link.batched is not None:
-                link.batched.abort()
-        for task in list(self._tasks):
-            task.cancel()
+        self._closed = True
+        readers = []
+        with self.client._lock:
+            for link in list(self.links.values()):
+                if link.comm is not None:
+                    link.comm.close()
+                if link.reader is not None:
+                    readers.append(link.reader)
+        self._kicks.put(None)
+        for thread in [*readers, self._sender]:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(2.0)
+
+
+def link_info(link: _ActorLink) -> dict[str, Any]:
+    """The link's view as an ``actor-info`` op."""
+    return {
+        "op": "actor-info",
+        "actor": link.actor_id,
+        "status": link.status,
+        "address": link.address,
+        "node": link.node_id,
+        "incarnation": link.incarnation,
+        "cause": link.cause,
+        "max_task_retries": link.max_task_retries,
+        "class_name": link.class_name,
+    }
 
 
 def _died(message: str, error_type: str = "ActorDiedError") -> dict[str, Any]:

@@ -296,9 +296,12 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
             f"kill() takes an actor handle, got {type(actor).__name__}; to stop a task use "
             "graphexec.cancel(ref, force=True)"
         )
-    current_client()._send(
-        {"op": "kill-actor", "actor": actor._actor_id, "no_restart": bool(no_restart)}
-    )
+    from graphexec.actors.caller import caller_of
+
+    client = current_client()
+    client._send({"op": "kill-actor", "actor": actor._actor_id, "no_restart": bool(no_restart)})
+    if no_restart:
+        caller_of(client).killed(actor._actor_id)
 
 
 def _check_refs(value: Any, what: str) -> list[ObjectRef[Any]]:

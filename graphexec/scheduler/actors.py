@@ -66,7 +66,7 @@ class ActorRecord:
         "id", "class_name", "name", "namespace", "owner", "detached", "fid", "payload",
         "demand", "hold", "max_restarts", "restarts", "max_task_retries", "max_concurrency",
         "is_async", "status", "worker", "worker_id", "node", "incarnation", "cause",
-        "watchers", "borrowed", "waiting", "owner_released", "methods",
+        "watchers", "borrowed", "waiting", "owner_released", "methods", "address",
     )  # fmt: skip
 
     def __init__(self, actor_id: str, spec: dict[str, Any], owner: str) -> None:
@@ -90,6 +90,8 @@ class ActorRecord:
         self.methods: dict[str, Any] = spec.get("methods", {})
         self.status: ActorStatus = "pending"
         self.worker: WorkerState | None = None
+        #: where callers connect (the actor's own socket), once alive
+        self.address = ""
         #: the worker process started for the current incarnation (until it registers)
         self.worker_id = ""
         self.node: NodeState | None = None
@@ -109,7 +111,7 @@ class ActorRecord:
             "op": "actor-info",
             "actor": self.id,
             "status": self.status,
-            "address": worker.address if worker is not None and self.status == "alive" else "",
+            "address": self.address if self.status == "alive" else "",
             "worker": worker.id if worker is not None else "",
             "node": self.node.id if self.node is not None else "",
             "incarnation": self.incarnation,
@@ -266,10 +268,12 @@ class ActorTable:
             msg["functions"] = {rec.fid: blob}
         return [Send(("worker", ws.id), msg)]
 
-    def ready(self, ws: WorkerState, actor_id: str, incarnation: int) -> list[Send]:
+    def ready(self, ws: WorkerState, actor_id: str, incarnation: int, address: str) -> list[Send]:
+        """The constructor returned; calls go to ``address`` (the actor's own socket)."""
         rec = self.actors.get(actor_id)
         if rec is None or rec.worker is not ws or rec.incarnation != incarnation:
             return []
+        rec.address = address
         if rec.status in ("pending", "restarting"):
             return self._move(rec, "alive")
         return []
@@ -291,6 +295,7 @@ class ActorTable:
         if rec is None or rec.worker is not ws:
             return []
         rec.worker = None
+        rec.address = ""
         self._release(rec)
         if rec.status == "dead":
             return self._maybe_collect(rec)

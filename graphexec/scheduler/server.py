@@ -102,7 +102,7 @@ class Scheduler:
                 wid, op["key"], op["blocked"]
             ),
             "actor-ready": lambda wid, op, _: self.state.actors.ready(
-                self.state.workers[wid], op["actor"], int(op["incarnation"])
+                self.state.workers[wid], op["actor"], int(op["incarnation"]), op["address"]
             ),
             "actor-failed": lambda wid, op, _: self.state.actors.constructor_failed(
                 self.state.workers[wid], op["actor"], op["exception"]

@@ -6,21 +6,24 @@ constructor runs on its own thread (on the actor's event loop for async actors),
 top-level ref arguments resolved with ``get`` first; then the worker reports
 ``actor-ready``, or ``actor-failed`` with the constructor's error.
 
-Method calls arrive on peer connections straight from callers (``actor-call``; see
-``worker/worker.py``), go through the worker's task state machine to fetch their inputs,
-and land here:
+Method calls arrive straight from callers on the actor's own listening socket (blocking
+connections, ``comm/blocking.py``: no event loop between the socket and the method). Each
+caller connection has a thread that reads calls, gets their inputs (inline in the call,
+in this node's store, or fetched from another node through the worker's loop), and:
 
-* **threaded actors** (no ``async def`` method): an :class:`~graphexec.worker.executor.
-  Executor` with ``max_concurrency`` slots (default 1: one call at a time, in arrival
-  order). A call blocking in ``get`` does *not* let the next call start (as in Ray): the
-  executor's CPU lending is off for actors.
+* **threaded actors** (no ``async def`` method) with ``max_concurrency=1`` (the
+  default): runs the call itself, under the actor's lock, so calls run one at a time and
+  each caller's calls in order. Replies to a burst of calls go out together.
+* **threaded actors** with ``max_concurrency=N``: an :class:`~graphexec.worker.executor.
+  Executor` with N slots. A call blocking in ``get`` does *not* let another call start
+  (as in Ray): the executor's CPU lending is off for actors.
 * **async actors** (any ``async def`` method): one event loop on its own thread; calls
   start in arrival order and up to ``max_concurrency`` (default 1000) are in flight.
   Plain methods of an async actor run on that loop too, blocking it while they run.
 
 Each finished call becomes one report per return value (``key-in-memory`` with the value
 inline, or in the node's store when large; ``key-erred`` with the pickled error), handed
-back to the worker's loop in batches, which sends it to the caller.
+written back on the caller's connection.
 """
 
 from __future__ import annotations
@@ -29,17 +32,27 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from graphexec.comm.batched import split_frames
+from graphexec.comm.blocking import (
+    BlockingComm,
+    blocking_listener,
+    check_header,
+    serve_handshake,
+)
+from graphexec.comm.rpc import RemoteError
+from graphexec.errors import CommClosedError, ObjectLostError, ProtocolError
 from graphexec.graph.task import Task, TaskRef
 from graphexec.protocol import serialize as ser
 from graphexec.worker.execute import INLINE_BYTES, _run, error_report
 from graphexec.worker.executor import ExecItem, Executor
 
 if TYPE_CHECKING:
-    from graphexec.worker.state import WorkerTask
     from graphexec.worker.worker import Worker
 
 __all__ = ["ActorRuntime", "call_reports"]
@@ -104,6 +117,24 @@ def call_reports(
     return reports
 
 
+class _Call:
+    """One call read from a caller's connection."""
+
+    __slots__ = ("key", "method", "nreturns", "frames", "deps", "conn")
+
+    def __init__(self, op: dict[str, Any], frames: list[Any], conn: BlockingComm) -> None:
+        self.key: str = op["key"]
+        self.method: str = op["method"]
+        self.nreturns = int(op.get("nreturns", 1))
+        self.frames = frames
+        self.deps: dict[str, Any] = op.get("deps") or {}
+        self.conn = conn
+
+
+#: how long a burst of replies may wait to go out together
+REPLY_FLUSH_SECONDS = 0.002
+
+
 class ActorRuntime:
     """Hosts one actor instance in a worker process."""
 
@@ -113,14 +144,17 @@ class ActorRuntime:
         self.instance: Any = None
         self.class_name = "Actor"
         self.is_async = False
+        self.concurrency = 1
+        self._lock = threading.Lock()
         self._executor: Executor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._semaphore: asyncio.Semaphore | None = None
-        self._done: list[tuple[WorkerTask, list[Report]]] = []
-        self._done_lock = threading.Lock()
-        self._wake_pending = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: socket.socket | None = None
+        self.address = ""
+        self._threads: list[threading.Thread] = []
+        self._conns: set[BlockingComm] = set()
         self._closed = False
 
     # ------------------------------------------------------------------ construction
@@ -132,15 +166,20 @@ class ActorRuntime:
         concurrency = int(msg.get("max_concurrency") or 0)
         incarnation = int(msg.get("incarnation", 0))
         if self.is_async:
-            concurrency = concurrency or ASYNC_DEFAULT_CONCURRENCY
-            self._start_loop(concurrency)
+            self.concurrency = concurrency or ASYNC_DEFAULT_CONCURRENCY
+            self._start_loop(self.concurrency)
         else:
-            self._executor = Executor(
-                float(max(1, concurrency)),
-                self._on_items_done,
-                name=f"graphexec-actor-{self.actor_id[-8:]}",
-                lend=False,
-            )
+            self.concurrency = max(1, concurrency)
+            if self.concurrency > 1:
+                self._executor = Executor(
+                    float(self.concurrency),
+                    self._on_items_done,
+                    name=f"graphexec-actor-{self.actor_id[-8:]}",
+                    lend=False,
+                )
+        host = self.worker.address.removeprefix("tcp://").rpartition(":")[0] or "127.0.0.1"
+        self._listener, self.address = blocking_listener(host)
+        self._thread(self._accept, "accept")
 
         def construct() -> None:
             try:
@@ -157,15 +196,28 @@ class ActorRuntime:
                 )
                 return
             self._to_scheduler(
-                {"op": "actor-ready", "actor": self.actor_id, "incarnation": incarnation}
+                {
+                    "op": "actor-ready",
+                    "actor": self.actor_id,
+                    "incarnation": incarnation,
+                    "address": self.address,
+                }
             )
 
         if self._loop is not None:
             self._loop.call_soon_threadsafe(construct)
         else:
-            threading.Thread(
-                target=construct, name=f"graphexec-actor-init-{self.actor_id[-8:]}", daemon=True
-            ).start()
+            self._thread(construct, "init")
+
+    def _thread(self, target: Callable[..., None], what: str, *args: Any) -> None:
+        thread = threading.Thread(
+            target=target,
+            args=args,
+            name=f"graphexec-actor-{what}-{self.actor_id[-8:]}",
+            daemon=True,
+        )
+        self._threads.append(thread)
+        thread.start()
 
     def _to_scheduler(self, op: dict[str, Any]) -> None:
         loop = self.worker._loop
@@ -184,82 +236,158 @@ class ActorRuntime:
             loop.run_forever()
 
         self._loop = loop
-        self._loop_thread = threading.Thread(
-            target=run, name=f"graphexec-actor-loop-{self.actor_id[-8:]}", daemon=True
-        )
-        self._loop_thread.start()
+        self._thread(run, "loop")
         ready.wait()
 
-    # ------------------------------------------------------------------ calls
+    # ------------------------------------------------------------------ connections
 
-    def submit(self, tasks: list[WorkerTask]) -> None:
-        """Start calls whose inputs are local now (called on the worker's loop)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._start_async, tasks)
+    def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while not self._closed:
+            try:
+                sock, peer = listener.accept()
+            except OSError:
+                return  # closed
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._thread(self._serve, "conn", sock, f"{peer[0]}:{peer[1]}")
+
+    def _serve(self, sock: socket.socket, peer: str) -> None:
+        """One caller's connection: read calls, run (or dispatch) them, answer."""
+        try:
+            serve_handshake(sock, self.worker.token)
+        except (ProtocolError, CommClosedError, OSError) as err:
+            logger.warning("actor %s: dropping %s: %s", self.actor_id, peer, err)
+            sock.close()
             return
-        assert self._executor is not None
-        items = []
-        for task in tasks:
-            item = ExecItem(task.key, 1.0, self._sync_runner(task))
-            item.task = task
-            items.append(item)
-        self._executor.submit(items)
+        conn = BlockingComm(sock, peer=peer)
+        self._conns.add(conn)
+        try:
+            while not self._closed:
+                batch = conn.read_batch()
+                replies: list[dict[str, Any]] = []
+                frames_out: list[Any] = []
+                flushed = time.monotonic()
+                for header, frames in batch:
+                    for op, op_frames in split_frames(check_header(header), frames):
+                        if op.get("op") != "actor-call":
+                            continue  # actor-hello and future ops
+                        call = _Call(op, op_frames, conn)
+                        done = self._dispatch(call)
+                        if done is None:
+                            continue
+                        for report in done:
+                            replies.append(report)
+                        if time.monotonic() - flushed > REPLY_FLUSH_SECONDS:
+                            conn.send(replies, frames_out)
+                            replies, flushed = [], time.monotonic()
+                if replies:
+                    conn.send(replies, frames_out)
+        except (CommClosedError, OSError):
+            pass
+        except ProtocolError as err:
+            logger.warning("actor %s: closing %s: %s", self.actor_id, peer, err)
+        except Exception:
+            logger.exception("actor %s: error serving %s", self.actor_id, peer)
+        finally:
+            self._conns.discard(conn)
+            conn.close()
 
-    def _prepare(self, task: WorkerTask) -> tuple[Task, dict[str, Any], str]:
-        msg = task.msg
-        method_name = msg["method"]
-        name = f"{self.class_name}.{method_name}"
+    def _dispatch(self, call: _Call) -> list[Report] | None:
+        """Run the call here (one-at-a-time actors) or hand it on; reports if run here."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._start_async, call)
+            return None
+        if self._executor is not None:
+            item = ExecItem(call.key, 1.0, lambda: self._run_sync(call))
+            item.task = call
+            self._executor.submit([item])
+            return None
+        with self._lock:
+            return self._run_sync(call)
+
+    # ------------------------------------------------------------------ running calls
+
+    def _inputs(self, call: _Call) -> dict[str, Any]:
+        """The values of a call's ref arguments, from wherever the caller said they are."""
+        values: dict[str, Any] = {}
+        worker = self.worker
+        for key, (kind, *info) in call.deps.items():
+            if kind == "inline":
+                values[key] = ser.deserialize(info[0])
+            elif kind == "store":
+                store = worker.ensure_store()
+                if store is None:
+                    raise ObjectLostError(f"input {key} is in a store this node does not have")
+                values[key] = ser.deserialize(store.get_frames(key))
+            else:
+                values[key] = ser.deserialize(self._fetch(key, kind, info[0] if info else []))
+        return values
+
+    def _fetch(self, key: str, kind: str, addresses: list[str]) -> list[Any]:
+        """Fetch an input held on another node, through the worker's loop."""
+        worker = self.worker
+        loop = worker._loop
+        assert loop is not None
+        last: BaseException | None = None
+        for address in addresses:
+            try:
+                if kind == "remote-store":
+                    from graphexec.store.client import read_remote
+
+                    coro = read_remote(key, address, worker.token)
+                    return list(asyncio.run_coroutine_threadsafe(coro, loop).result(60))
+                request = worker._pool.request(address, {"op": "get-data", "keys": [key]})
+                ops, frames = asyncio.run_coroutine_threadsafe(request, loop).result(60)
+                for op, op_frames in split_frames(ops, frames):
+                    if op.get("key") == key and op.get("status") == "ok":
+                        return list(op_frames)
+            except (CommClosedError, OSError, RemoteError) as err:
+                last = err
+        raise ObjectLostError(f"input {key} could not be fetched from {addresses}: {last}")
+
+    def _prepare(self, call: _Call) -> tuple[Task, dict[str, Any], str]:
+        name = f"{self.class_name}.{call.method}"
         if self.instance is None:
             raise RuntimeError(f"the actor {self.class_name} is not constructed")
-        method = getattr(self.instance, method_name)
-        args, kwargs = ser.deserialize(msg["frames"])
-        node = Task(task.key, method, tuple(args), dict(kwargs), resolve="top")
-        storage = self.worker.storage
-        values = {dep: storage.get_value(dep) for dep in node.dependencies}
-        return node, values, name
+        method = getattr(self.instance, call.method)
+        args, kwargs = ser.deserialize(call.frames)
+        node = Task(call.key, method, tuple(args), dict(kwargs), resolve="top")
+        return node, self._inputs(call), name
 
-    def _sync_runner(self, task: WorkerTask) -> Callable[[], list[Report]]:
-        def run() -> list[Report]:
-            msg = task.msg
-            nreturns = int(msg.get("nreturns", 1))
-            name = f"{self.class_name}.{msg.get('method')}"
-            try:
-                node, values, name = self._prepare(task)
-                result = _run(node, values, self.worker.make_ref)
-                if inspect.isawaitable(result):  # a coroutine from a sync actor's method
-                    result = asyncio.run(_await(result))
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                return _error_reports(return_keys(task.key, nreturns), exc, name)
-            return call_reports(task.key, result, nreturns, name, self._store_large())
+    def _run_sync(self, call: _Call) -> list[Report]:
+        name = f"{self.class_name}.{call.method}"
+        try:
+            node, values, name = self._prepare(call)
+            result = _run(node, values, self.worker.make_ref)
+            if inspect.isawaitable(result):  # a coroutine from a sync actor's method
+                result = asyncio.run(_await(result))
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return _error_reports(return_keys(call.key, call.nreturns), exc, name)
+        return call_reports(call.key, result, call.nreturns, name, self._store_large())
 
-        return run
+    def _start_async(self, call: _Call) -> None:
+        task = asyncio.ensure_future(self._run_async(call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _start_async(self, tasks: list[WorkerTask]) -> None:
-        for task in tasks:
-            coro = self._run_async(task)
-            t = asyncio.ensure_future(coro)
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
-
-    async def _run_async(self, task: WorkerTask) -> None:
+    async def _run_async(self, call: _Call) -> None:
         assert self._semaphore is not None
-        msg = task.msg
-        nreturns = int(msg.get("nreturns", 1))
-        name = f"{self.class_name}.{msg.get('method')}"
+        name = f"{self.class_name}.{call.method}"
         async with self._semaphore:
             try:
-                node, values, name = self._prepare(task)
+                node, values, name = self._prepare(call)
                 result = _run(node, values, self.worker.make_ref)
                 if inspect.isawaitable(result):
                     result = await result
-                reports = call_reports(task.key, result, nreturns, name, self._store_large())
+                reports = call_reports(call.key, result, call.nreturns, name, self._store_large())
             except BaseException as exc:
                 if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
                     raise
-                reports = _error_reports(return_keys(task.key, nreturns), exc, name)
-        self._finished(task, reports)
+                reports = _error_reports(return_keys(call.key, call.nreturns), exc, name)
+        self._reply(call, reports)
 
     def _store_large(self) -> Callable[[str, list[Any]], dict[str, Any]] | None:
         write = self.worker._store_large
@@ -273,30 +401,14 @@ class ActorRuntime:
 
         return store
 
-    # ------------------------------------------------------------------ results
-
     def _on_items_done(self, items: list[ExecItem]) -> None:
         for item in items:
-            self._finished(item.task, item.result)
+            self._reply(item.task, item.result)
 
-    def _finished(self, task: WorkerTask, reports: list[Report]) -> None:
-        """Called on a runner thread or the actor loop: hand back to the worker's loop."""
-        with self._done_lock:
-            self._done.append((task, reports))
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        loop = self.worker._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-                loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        with self._done_lock:
-            done, self._done = self._done, []
-            self._wake_pending = False
-        for task, reports in done:
-            self.worker.finish_actor_call(task, reports)
+    @staticmethod
+    def _reply(call: _Call, reports: list[Report]) -> None:
+        with contextlib.suppress(CommClosedError):
+            call.conn.send(reports)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -304,10 +416,16 @@ class ActorRuntime:
         if self._closed:
             return
         self._closed = True
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        for conn in list(self._conns):
+            conn.close()
         if self._executor is not None:
             self._executor.close(1.0)
         loop = self._loop
-        if loop is not None and self._loop_thread is not None:
+        if loop is not None:
 
             def stop() -> None:
                 for t in list(self._tasks):
@@ -316,9 +434,11 @@ class ActorRuntime:
 
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(stop)
-            self._loop_thread.join(2.0)
-            if not self._loop_thread.is_alive():
-                loop.close()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(1.0)
+        if loop is not None and not loop.is_running():
+            loop.close()
 
 
 async def _await(awaitable: Any) -> Any:

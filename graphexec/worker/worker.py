@@ -106,9 +106,6 @@ class Worker:
         #: the actor this process hosts ('' for a task worker)
         self.actor_id = actor_id
         self.actor: ActorRuntime | None = None
-        #: actor calls being run -> the connection of the caller to answer
-        self._callers: dict[str, BatchedSend] = {}
-        self._caller_comms: set[Comm] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -169,8 +166,6 @@ class Worker:
         await asyncio.get_running_loop().run_in_executor(None, self._executor.close, 1.0)
         if self.actor is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.actor.close)
-        for comm in list(self._caller_comms):
-            comm.abort()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close_async()
@@ -263,14 +258,10 @@ class Worker:
 
     def _execute_instructions(self, instructions: list[tuple[Any, ...]]) -> None:
         items: list[ExecItem] = []
-        calls: list[WorkerTask] = []
         for ins in instructions:
             kind = ins[0]
             if kind == "execute":
-                if ins[1].key in self._callers:
-                    calls.append(ins[1])
-                else:
-                    items.append(self._exec_item(ins[1]))
+                items.append(self._exec_item(ins[1]))
             elif kind == "store-inline":
                 if ins[1] not in self.storage:
                     self.storage.put_frames(ins[1], ins[2])
@@ -282,23 +273,13 @@ class Worker:
                 if isinstance(self.storage, StoreBackedStorage):
                     self.storage.note_in_store(ins[1])
             elif kind == "send":
-                caller = self._callers.pop(ins[1].get("key", ""), None)
-                if caller is None:
-                    self._send(ins[1])
-                else:  # an actor call's input could not be fetched: fail the call
-                    op = ins[1]
-                    msg = {"op": "key-erred", "key": op["key"], "exception": op["exception"]}
-                    with contextlib.suppress(CommClosedError):
-                        caller.send(msg)
+                self._send(ins[1])
             elif kind == "unqueue":
                 self._executor.cancel(ins[1])
             elif kind == "discard":
                 self.storage.delete(ins[1])
         if items:
             self._executor.submit(items)
-        if calls:
-            assert self.actor is not None
-            self.actor.submit(calls)
 
     # ------------------------------------------------------------------ execution
 
@@ -431,50 +412,9 @@ class Worker:
             await asyncio.sleep(0.05 * (attempt + 1))
         self._execute_instructions(self.state.handle_fetch_failed(key, reason))
 
-    # ------------------------------------------------------------------ actor calls
-
-    async def _serve_caller(self, comm: Comm, ops: list[Any], frames: list[Any]) -> None:
-        """A caller's connection: ``actor-call`` ops in, results out (batched)."""
-        batched = BatchedSend(comm)
-        self._caller_comms.add(comm)
-        try:
-            while True:
-                for op, op_frames in split_frames(ops, frames):
-                    if op.get("op") == "actor-call" and self.actor is not None:
-                        self._start_call(op, op_frames, batched)
-                    elif op.get("op") != "actor-hello":
-                        logger.warning("worker %s: unknown caller op %r", self.id, op.get("op"))
-                ops, frames = await comm.read()
-        except CommClosedError:
-            pass
-        finally:
-            self._caller_comms.discard(comm)
-            batched.abort()
-
-    def _start_call(self, op: dict[str, Any], frames: list[Any], batched: BatchedSend) -> None:
-        op["frames"] = frames
-        self._callers[op["key"]] = batched
-        self._execute_instructions(self.state.handle_compute(op))
-
-    def finish_actor_call(self, task: WorkerTask, reports: list[dict[str, Any]]) -> None:
-        """An actor call ran (on the actor's thread or loop): answer its caller."""
-        if self.state.tasks.get(task.key) is task:
-            self.state.handle_started(task.key)
-            self.state.handle_done(task, {})
-        caller = self._callers.pop(task.key, None)
-        if caller is None:
-            return
-        with contextlib.suppress(CommClosedError):
-            for report in reports:
-                caller.send(report)
-
     async def _handle_peer(self, comm: Comm) -> None:
         try:
-            ops, frames = await comm.read()
-            first = ops[0] if ops else {}
-            if isinstance(first, dict) and first.get("op") in ("actor-call", "actor-hello"):
-                await self._serve_caller(comm, ops, frames)
-                return
+            ops, _ = await comm.read()
             while True:
                 reply: list[dict[str, Any]] = []
                 out_frames: list[Any] = []
