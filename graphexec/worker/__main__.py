@@ -22,10 +22,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--owner-pid", type=int, default=None)
     parser.add_argument("--store", default="", help="the node's object store service")
     parser.add_argument("--actor", default="", help="host this actor (an actor's own process)")
+    parser.add_argument(
+        "--standby",
+        action="store_true",
+        help="import everything, then wait for one JSON line on stdin naming the actor to "
+        "host ({'worker': id, 'actor': id}); exit on EOF",
+    )
     args = parser.parse_args(argv)
     if args.owner_pid:
         die_with_parent(args.owner_pid)
     configure_logging("worker")
+    if args.standby:
+        import json
+
+        from graphexec.client import worker_client  # noqa: F401 -- imported while idle
+        from graphexec.worker import actor  # noqa: F401
+
+        line = sys.stdin.readline()
+        if not line.strip():
+            return  # the node manager closed: never needed
+        assignment = json.loads(line)
+        args.worker_id, args.actor = assignment["worker"], assignment["actor"]
     # The loop thread and the runner threads hand work back and forth thousands of times
     # a second; with the default 5 ms GIL switch interval each handoff can stall that long.
     sys.setswitchinterval(SWITCH_INTERVAL)

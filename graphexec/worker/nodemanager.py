@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -42,6 +43,8 @@ __all__ = ["NodeManager", "node_resources"]
 logger = logging.getLogger("graphexec.nodemanager")
 
 RESTART_DELAY = 0.2
+#: booted worker processes kept waiting to become actors (after the first actor)
+STANDBY_ACTOR_WORKERS = 2
 
 
 def node_resources(
@@ -93,6 +96,9 @@ class NodeManager:
         #: actor processes: started on the scheduler's word, never restarted here (the
         #: scheduler decides restarts, per max_restarts)
         self.actor_processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: booted, imported processes waiting on stdin for an actor to host: an actor
+        #: starts in milliseconds instead of an interpreter start-up
+        self.standby: list[subprocess.Popen[bytes]] = []
         self._comm: Comm | None = None
         self._batched: BatchedSend | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -146,7 +152,28 @@ class NodeManager:
         self._reader = asyncio.ensure_future(self._read())
         self._monitor = asyncio.ensure_future(self._supervise())
 
-    def _start_worker(self, worker_id: str | None = None, actor_id: str = "") -> None:
+    def _start_actor(self, worker_id: str, actor_id: str) -> None:
+        """Hand the actor to a standby process if one is ready, else start one."""
+        while self.standby:
+            proc = self.standby.pop(0)
+            if proc.poll() is not None or proc.stdin is None:
+                continue
+            try:
+                line = json.dumps({"worker": worker_id, "actor": actor_id}) + "\n"
+                proc.stdin.write(line.encode())
+                proc.stdin.close()
+            except OSError:
+                continue
+            self.actor_processes[worker_id] = proc
+            break
+        else:
+            self._start_worker(worker_id, actor_id=actor_id)
+        while len(self.standby) < STANDBY_ACTOR_WORKERS and not self._closing:
+            self._start_worker(standby=True)
+
+    def _start_worker(
+        self, worker_id: str | None = None, actor_id: str = "", standby: bool = False
+    ) -> None:
         worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
         cmd = [
             sys.executable,
@@ -157,7 +184,7 @@ class NodeManager:
             "--node",
             self.id,
             "--cpus",
-            "0" if actor_id else str(self.worker_cpus),
+            "0" if actor_id or standby else str(self.worker_cpus),
             "--worker-id",
             worker_id,
             "--owner-pid",
@@ -169,9 +196,15 @@ class NodeManager:
         ]
         if actor_id:
             cmd += ["--actor", actor_id]
+        if standby:
+            cmd += ["--standby"]
         env = dict(os.environ, GRAPHEXEC_TOKEN=self.token)
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-        (self.actor_processes if actor_id else self.processes)[worker_id] = proc
+        stdin = subprocess.PIPE if standby else subprocess.DEVNULL
+        proc = subprocess.Popen(cmd, env=env, stdin=stdin)
+        if standby:
+            self.standby.append(proc)
+        else:
+            (self.actor_processes if actor_id else self.processes)[worker_id] = proc
 
     async def _supervise(self) -> None:
         while not self._closing:
@@ -186,6 +219,7 @@ class NodeManager:
             for worker_id, proc in list(self.actor_processes.items()):
                 if proc.poll() is not None:  # the scheduler restarts actors, not us
                     del self.actor_processes[worker_id]
+            self.standby = [p for p in self.standby if p.poll() is None]
 
     async def _read(self) -> None:
         assert self._comm is not None
@@ -203,7 +237,7 @@ class NodeManager:
     def _handle(self, op: dict[str, Any]) -> None:
         name = op.get("op")
         if name == "start-actor":
-            self._start_worker(str(op["worker"]), actor_id=str(op["actor"]))
+            self._start_actor(str(op["worker"]), str(op["actor"]))
         elif name == "kill-worker":
             worker_id = op.get("worker", "")
             proc = self.processes.get(worker_id) or self.actor_processes.get(worker_id)
@@ -227,7 +261,13 @@ class NodeManager:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        await stop_processes(list(self.processes.values()) + list(self.actor_processes.values()))
+        for proc in self.standby:
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()  # EOF: a standby process exits
+        await stop_processes(
+            [*self.processes.values(), *self.actor_processes.values(), *self.standby]
+        )
         if self._store_listener is not None:
             self._store_listener.stop()
         else:
