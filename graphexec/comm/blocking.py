@@ -94,7 +94,12 @@ def blocking_connect(address: str, token: bytes | str, timeout: float = 10.0) ->
     sock = socket.create_connection((host, int(port)), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _drive(client_handshake(_SocketStream(sock), normalize_token(token)))
+        try:
+            _drive(client_handshake(_SocketStream(sock), normalize_token(token)))
+        except CommClosedError as err:
+            raise ProtocolError(
+                f"{address} closed the connection during the handshake (wrong token?)"
+            ) from err
         sock.settimeout(None)
     except BaseException:
         sock.close()

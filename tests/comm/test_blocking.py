@@ -1,0 +1,129 @@
+"""Blocking connections (the actor-call path): handshake first, framing, bad input."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import pytest
+
+from graphexec.comm.blocking import (
+    BlockingComm,
+    blocking_connect,
+    blocking_listener,
+    serve_handshake,
+)
+from graphexec.errors import CommClosedError, ProtocolError
+
+TOKEN = "s3cret-token"
+
+
+class EchoServer:
+    """Accepts connections; echoes every message back; records handshake failures."""
+
+    def __init__(self) -> None:
+        self.sock, self.address = blocking_listener("127.0.0.1")
+        self.errors: list[BaseException] = []
+        self.threads: list[threading.Thread] = []
+        self.thread = threading.Thread(target=self._accept, name="graphexec-test-accept")
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), name="graphexec-test-conn")
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            serve_handshake(conn, TOKEN)
+            comm = BlockingComm(conn)
+            while True:
+                for header, frames in comm.read_batch():
+                    comm.send(header, frames)
+        except (ProtocolError, CommClosedError, OSError) as err:
+            self.errors.append(err)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
+        for t in self.threads:
+            t.join(5)
+
+
+@pytest.fixture
+def server():
+    srv = EchoServer()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_round_trip_with_frames(server):
+    comm = blocking_connect(server.address, TOKEN)
+    try:
+        big = bytes(range(256)) * 4096  # 1 MiB frame
+        comm.send([{"op": "x", "nframes": 2}], [b"small", big])
+        ((header, frames),) = comm.read_batch()
+        assert header == [{"op": "x", "nframes": 2}]
+        assert frames == [b"small", big]
+        for i in range(50):  # a burst arrives as whole messages, in order
+            comm.send([{"i": i}])
+        got: list[int] = []
+        while len(got) < 50:
+            got += [h[0]["i"] for h, _ in comm.read_batch()]
+        assert got == list(range(50))
+    finally:
+        comm.close()
+
+
+def test_wrong_token_is_refused_before_any_parsing(server):
+    with pytest.raises(ProtocolError, match="token"):
+        blocking_connect(server.address, "not-the-token")
+    comm = blocking_connect(server.address, TOKEN)  # the server keeps serving
+    comm.send([{"ok": 1}])
+    assert comm.read_batch()[0][0] == [{"ok": 1}]
+    comm.close()
+
+
+def test_malformed_frame_closes_only_that_connection(server):
+    good = blocking_connect(server.address, TOKEN)
+    bad = blocking_connect(server.address, TOKEN)
+    bad.sock.sendall(struct.pack("<IQ", 0, 5) + b"xxxxx")  # zero frames: a protocol error
+    with pytest.raises(CommClosedError):
+        bad.read_batch()
+    good.send([{"still": "here"}])
+    assert good.read_batch()[0][0] == [{"still": "here"}]
+    good.close()
+    bad.close()
+
+
+def test_closing_wakes_a_blocked_reader(server):
+    comm = blocking_connect(server.address, TOKEN)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            comm.read_batch()
+        except CommClosedError as err:
+            errors.append(err)
+
+    t = threading.Thread(target=read, name="graphexec-test-reader")
+    t.start()
+    comm.close()
+    t.join(5)
+    assert not t.is_alive() and errors
+    with pytest.raises(CommClosedError):
+        comm.send([{"after": "close"}])
