@@ -18,8 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from graphexec import errors
-from graphexec import errors as exceptions
+from graphexec import errors, exceptions
 
 __version__ = "0.1.0"
 

@@ -108,7 +108,7 @@ class _ActorLink:
     __slots__ = (
         "actor_id", "status", "address", "node_id", "incarnation", "cause", "max_task_retries",
         "queue", "inflight", "lost", "comm", "connecting", "handles", "waiting",
-        "ctor_refs", "class_name", "send_lock", "reader",
+        "ctor_refs", "class_name", "send_lock", "reader", "pending_reason",
     )  # fmt: skip
 
     def __init__(self, actor_id: str) -> None:
@@ -120,6 +120,8 @@ class _ActorLink:
         self.cause: dict[str, Any] | None = None
         self.max_task_retries = 0
         self.class_name = "Actor"
+        #: why the scheduler has not placed the actor yet ('' once placed)
+        self.pending_reason = ""
         self.queue: collections.deque[_Call] = collections.deque()
         self.inflight: dict[str, _Call] = {}
         #: calls sent on a connection that broke, waiting for the scheduler's verdict
@@ -305,6 +307,22 @@ class ActorCaller:
             return {"op": "put", "key": key, "node": node_id, "nbytes": result.nbytes}, []
         frames = list(result.inline or [])
         return {"op": "put", "key": key, "inline_limit": 1 << 62}, frames
+
+    def explain(self, key: str) -> str:
+        """Why the result ``key`` is not here yet, in words (client lock held)."""
+        base = self._base.get(key, key)
+        for link in self.links.values():
+            if any(c.key == base for c in link.queue):
+                where = "queued in this process"
+            elif base in link.inflight:
+                where = "running on the actor"
+            elif any(c.key == base for c in link.lost):
+                where = "lost with the actor's connection, waiting for news"
+            else:
+                continue
+            reason = f"; {link.pending_reason}" if link.pending_reason else ""
+            return f"a call to actor {link.class_name} ({link.status}{reason}), {where}"
+        return "the result of an actor call"
 
     def released(self, key: str) -> None:
         """The last ref to ``key`` is gone (client lock held)."""
@@ -535,6 +553,7 @@ class ActorCaller:
         link.cause = op.get("cause")
         link.max_task_retries = int(op.get("max_task_retries", 0))
         link.class_name = op.get("class_name", link.class_name)
+        link.pending_reason = op.get("waiting", "")
         if status in ("alive", "dead"):
             link.ctor_refs = []
         if status == "dead":

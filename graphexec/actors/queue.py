@@ -19,13 +19,15 @@ Policy
 * Batches are all or nothing: ``put_nowait_batch`` raises :class:`Full` without adding
   anything if the items do not all fit, ``get_nowait_batch`` raises :class:`Empty` without
   taking anything if there are not enough.
-* The actor reserves no CPU unless ``actor_options`` asks for one: it spends its life
-  waiting, and holding a CPU would starve the tasks that feed it (Ray's actors also hold
-  0 CPUs once placed).
+* The actor is created with ``num_cpus=0`` unless ``actor_options`` says otherwise. An
+  actor without ``num_cpus`` holds no CPU once placed (as in Ray) but needs one free to
+  be placed, so creating a queue would wait while tasks fill every CPU; the queue's actor
+  only waits, so it needs none.
 * ``shutdown()`` gives the calls in progress (e.g. a consumer blocked in ``get``) up to
   ``grace_period_s`` to finish, then kills the actor; ``shutdown(force=True)`` kills it at
-  once. Later calls through this object raise ``RuntimeError``; copies of it held
-  elsewhere fail with ``ActorDiedError``.
+  once. The kill is asynchronous, as ``graphexec.kill`` is: a call already on its way may
+  still be answered. Later calls through this object raise ``RuntimeError``; copies of it
+  held elsewhere fail with ``ActorDiedError``.
 
 Differences from Ray
 --------------------

@@ -459,9 +459,16 @@ class Client:
 
     def _timeout_message(self, pending: list[str], timeout: float | None) -> str:
         head = f"get() timed out after {timeout} s with {len(pending)} object(s) not ready"
+        keys = pending[:5]
+        with self._lock:
+            local = {k: self.owned[k].explain(k) for k in keys if k in self.owned}
         try:
-            reasons = self.request({"op": "explain-pending", "keys": pending[:5]}, timeout=2)
+            asked = [k for k in keys if k not in local]
+            reasons = self.request({"op": "explain-pending", "keys": asked}, timeout=2)
         except Exception:  # the explanation is a courtesy; the timeout is the error
+            reasons = {}
+        reasons = {**local, **reasons}
+        if not reasons:
             return head
         lines = [f"  {key}: {why}" for key, why in reasons.items()]
         return head + ":\n" + "\n".join(lines)

@@ -235,7 +235,8 @@ class ActorTable:
         rec = self.actors.get(actor_id)
         if rec is None or rec.status == "dead":
             return []
-        if not no_restart and rec.worker is not None:
+        restarts_left = rec.max_restarts < 0 or rec.restarts < rec.max_restarts
+        if not no_restart and rec.worker is not None and restarts_left:
             # let the process die; its removal restarts it (max_restarts permitting)
             return self._kill_process(rec)
         return self._die(rec, _died(f"the actor {rec.class_name} was killed by graphexec.kill()"))
@@ -347,17 +348,14 @@ class ActorTable:
         nodes = self.state.registered_nodes()
         feasible = [n for n in nodes if feasible_on(rec.demand, n)]
         if not feasible:
-            rec.waiting = (
+            return self._wait(
+                rec,
                 f"no node has {rec.demand} (cluster resources: "
-                f"{self.state.cluster_resources()}); it will start when such a node joins"
+                f"{self.state.cluster_resources()}); it will start when such a node joins",
             )
-            self.pending.append(rec)
-            return []
         roomy = [n for n in feasible if self._fits(rec, n)]
         if not roomy:
-            rec.waiting = f"waiting for {rec.hold} to be free on a node"
-            self.pending.append(rec)
-            return []
+            return self._wait(rec, f"waiting for {rec.hold} to be free on a node")
         node = min(roomy, key=lambda n: (self._actors_on(n), -n.idle_cpus()))
         self._reserve(rec, node)
         rec.node = node
@@ -366,6 +364,14 @@ class ActorTable:
         rec.worker_id = f"worker-{uuid.uuid4().hex[:12]}"
         msg = {"op": "start-actor", "worker": rec.worker_id, "actor": rec.id}
         return [Send(("node", node.id), msg)]
+
+    def _wait(self, rec: ActorRecord, why: str) -> list[Send]:
+        """Not placed now: retried when resources change; watchers hear why (once)."""
+        self.pending.append(rec)
+        if why == rec.waiting:
+            return []
+        rec.waiting = why
+        return self._broadcast(rec)
 
     def _actors_on(self, node: NodeState) -> int:
         return sum(1 for ws in node.workers.values() if ws.actor)
