@@ -99,7 +99,7 @@ def test_num_returns(cluster):
     c = Counter.remote(3)
     a, b = c.pair.remote()
     assert ge.get([a, b]) == [3, -3]
-    x, y = c.echo.options(num_returns=2).remote([1, 2])
+    _x, y = c.echo.options(num_returns=2).remote([1, 2])
     assert ge.get(y) == 2
     bad = c.echo.options(num_returns=2).remote(5)
     with pytest.raises(ValueError, match="num_returns=2"):
