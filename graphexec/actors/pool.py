@@ -23,8 +23,9 @@ Policy
 
 Differences from Ray
 --------------------
-* graphexec builds graphs lazily, so each started call is submitted at once
-  (``graphexec.submit``): actors work while the driver waits on an earlier result.
+* Actor calls are sent at once, but tasks are lazy in graphexec: if ``fn`` returns the
+  ref of a lazy task (one that calls the actor, say), it is submitted at once
+  (``graphexec.submit``) so the work overlaps, as it would in Ray.
 * ``get_next`` returns the oldest result not yet retrieved, also after
   ``get_next_unordered``; Ray raises ``ValueError`` (or skips results) when the two are mixed.
 * ``has_next`` is also true while submissions wait for an actor, and ``get_next*`` raises

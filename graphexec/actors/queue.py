@@ -33,9 +33,10 @@ Differences from Ray
 --------------------
 * An item comes out exactly as it went in: an ``ObjectRef`` put in the queue comes out as
   that ``ObjectRef`` (Ray's ``put(ref)`` stores the ref's value, ``put_nowait_batch([ref])``
-  the ref itself).
-* ``put_nowait_batch`` takes any iterable and sends it as a list; ``get_nowait_batch``
-  with more items than there are raises :class:`Empty` (as Ray does).
+  the ref itself). Until actors count as holders of the refs they keep, the producer must
+  hold its own copy of such a ref until it is consumed, or the object may be released.
+* A graceful ``shutdown()`` waits for the calls in progress to end (Ray queues an actor
+  exit behind them); either way the actor is killed after ``grace_period_s``.
 
 Examples
 --------

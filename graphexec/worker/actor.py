@@ -360,7 +360,7 @@ class ActorRuntime:
         try:
             node, values, name = self._prepare(call)
             result = _run(node, values, self.worker.make_ref)
-            if inspect.isawaitable(result):  # a coroutine from a sync actor's method
+            if inspect.iscoroutine(result):  # a coroutine from a sync actor's method
                 result = asyncio.run(_await(result))
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
@@ -380,7 +380,7 @@ class ActorRuntime:
             try:
                 node, values, name = self._prepare(call)
                 result = _run(node, values, self.worker.make_ref)
-                if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
                     result = await result
                 reports = call_reports(call.key, result, call.nreturns, name, self._store_large())
             except BaseException as exc:

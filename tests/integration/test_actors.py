@@ -293,3 +293,12 @@ def test_get_runtime_of_many_actors(cluster):
     info = ge.cluster_info()
     alive = [a for a in info["actors"] if a["state"] == "ALIVE"]
     assert len(alive) >= 6
+
+
+def test_a_method_returning_a_ref_returns_the_ref(cluster):
+    c = Counter.remote()
+    inner = ge.put(20)
+    (back,) = ge.get(c.echo.remote([inner]))
+    assert isinstance(back, ge.ObjectRef) and ge.get(back) == 20
+    same = ge.get(c.echo.remote(ge.put("x")))  # a top-level ref arrives as its value
+    assert same == "x"
