@@ -11,6 +11,9 @@ Cases (issue 2):
   chain-2000            a 2,000-task linear chain (fused into one task by the optimizer)
   tree-reduce-10k       a binary tree reduction over 10,000 leaves (~20,000 tasks)
   put-get-1MB           put + get of a 1 MB numpy array (round trips/s)
+
+Suites: ``--suite tasks`` (the cases above), ``store`` (``benchmarks/store.py``), ``actors``
+(``benchmarks/actors.py``; graphexec and Ray only: Dask has no Ray-style actors), ``all``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from actors import ACTOR_CASES, ACTOR_TARGETS, actor_cases, format_actor_case
 from store import SIZES, format_case, store_cases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -124,6 +128,8 @@ def bench_graphexec(repeat: int, suites: list[str]) -> dict[str, float]:
             out.update(ray_api_cases(ge, repeat))
         if "store" in suites:
             out.update(store_cases(ge, repeat))
+        if "actors" in suites:
+            out.update(actor_cases(ge, repeat))
     finally:
         ge.shutdown()
     return out
@@ -141,6 +147,8 @@ def bench_ray(repeat: int, suites: list[str]) -> dict[str, float]:
             out.update(ray_api_cases(ray, repeat))
         if "store" in suites:
             out.update(store_cases(ray, repeat))
+        if "actors" in suites:
+            out.update(actor_cases(ray, repeat))
     finally:
         ray.shutdown()
     return out
@@ -152,7 +160,7 @@ def bench_dask(repeat: int, suites: list[str]) -> dict[str, float]:
 
     out: dict[str, float] = {}
     if "tasks" not in suites:
-        return out  # the store suite is Ray-API only
+        return out  # the store and actor suites are Ray-API only
     t = time.perf_counter()
     cluster = LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
@@ -221,6 +229,7 @@ TARGETS = {
     "get-100MB": "< 1 ms",
     "get-1GB": "< 1 ms",
     "one-100MB-to-8-tasks-memory": "one copy (no per-task copies)",
+    **ACTOR_TARGETS,
 }
 STORE_CASES = {f"{op}-{size}" for op in ("put", "get") for size in SIZES} | {
     "one-100MB-to-8-tasks",
@@ -242,6 +251,8 @@ def report(results: dict[str, dict[str, float]]) -> str:
                 cells.append("n/a")
             elif case in STORE_CASES:
                 cells.append(format_case(case, value))
+            elif case in ACTOR_CASES:
+                cells.append(format_actor_case(case, value))
             elif case in TASKS:
                 cells.append(f"{value:.3f} s ({TASKS[case] / value:,.0f} tasks/s)")
             elif case == "put-get-1MB":
@@ -260,9 +271,9 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="also run Ray and Dask")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", default=None, help="write the figures to this file")
-    parser.add_argument("--suite", choices=["tasks", "store", "all"], default="all")
+    parser.add_argument("--suite", choices=["tasks", "store", "actors", "all"], default="all")
     args = parser.parse_args()
-    suites = ["tasks", "store"] if args.suite == "all" else [args.suite]
+    suites = ["tasks", "store", "actors"] if args.suite == "all" else [args.suite]
     results = {"graphexec": bench_graphexec(args.repeat, suites)}
     if args.compare:
         for name, fn in (("ray", bench_ray), ("dask", bench_dask)):
