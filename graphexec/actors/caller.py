@@ -47,25 +47,20 @@ from typing import TYPE_CHECKING, Any
 from graphexec.client.refs import ObjectRef
 from graphexec.comm.blocking import BlockingComm, blocking_connect
 from graphexec.errors import CommClosedError, ProtocolError
-from graphexec.graph.keys import new_key
+from graphexec.graph.keys import new_key, return_keys
 from graphexec.graph.task import TaskRef, collect_refs
 from graphexec.protocol import serialize as ser
 
 if TYPE_CHECKING:
     from graphexec.client.client import Client
 
-__all__ = ["ActorCaller", "caller_of", "return_keys"]
+__all__ = ["ActorCaller", "caller_of"]
 
 logger = logging.getLogger("graphexec.actors")
 
 RECONNECT_DELAY = 0.05
 
 _escapes = threading.local()
-
-
-def return_keys(key: str, nreturns: int) -> list[str]:
-    """The keys of a call's results: ``key`` itself, or ``key-0 .. key-(n-1)``."""
-    return [key] if nreturns == 1 else [f"{key}-{i}" for i in range(nreturns)]
 
 
 def caller_of(client: Client) -> ActorCaller:

@@ -47,6 +47,15 @@ def new_key(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex}"
 
 
+def return_keys(key: str, nreturns: int) -> list[str]:
+    """The keys of a call's results: ``key`` itself, or ``key-0 .. key-(n-1)``.
+
+    >>> return_keys("f-1", 1), return_keys("f-1", 2)
+    (['f-1'], ['f-1-0', 'f-1-1'])
+    """
+    return [key] if nreturns == 1 else [f"{key}-{i}" for i in range(nreturns)]
+
+
 def tokenize(*args: Any, **kwargs: Any) -> str:
     """A deterministic hex token (32 digits) describing ``args`` and ``kwargs``.
 

@@ -14,7 +14,13 @@ if TYPE_CHECKING:
     from graphexec.scheduler.entities import NodeState
     from graphexec.scheduler.state import SchedulerState
 
-__all__ = ["available_resources", "cluster_resources", "explain_pending", "registered_nodes"]
+__all__ = [
+    "available_resources",
+    "cluster_resources",
+    "explain_pending",
+    "registered_nodes",
+    "validate",
+]
 
 
 def explain_pending(state: SchedulerState, keys: Iterable[str]) -> dict[str, str]:
@@ -67,3 +73,26 @@ def available_resources(state: SchedulerState) -> dict[str, float]:
                 amount = max(0.0, amount - max(used, 0.0) if busy else amount)
             out[name] = out.get(name, 0.0) + amount
     return out
+
+
+def validate(state: SchedulerState) -> None:
+    """Check the state's cross-references (``SchedulerState.validate_state``)."""
+    for key, ts in state.tasks.items():
+        assert ts.key == key
+        if ts.state == "processing":
+            assert ts.processing_on is not None, ts
+            assert ts.processing_on.processing.get(key) is ts, ts
+        else:
+            assert ts.processing_on is None, ts
+        if ts.state == "memory":
+            assert bool(ts.who_has or ts.store_nodes) or ts.inline is not None, ts
+        if ts.state == "waiting":
+            assert ts.waiting_on, ts
+        for dep in ts.dependencies:
+            assert ts in dep.dependents, (ts, dep)
+        for ws in ts.who_has:
+            assert ts in ws.has_what, (ts, ws)
+    for ws in state.workers.values():
+        for key, ts in ws.processing.items():
+            assert ts.processing_on is ws and ts.key == key
+        assert ws.assigned_cpus >= -1e-9

@@ -24,6 +24,10 @@ needs it; then its data is freed on workers, and a task nobody refers to is forg
 Small results (at most the inline limit) travel inline: the scheduler keeps their bytes
 and pushes them to the clients that want them. Large results stay on their worker; the
 scheduler only records who has them.
+Size: a little over 800 lines, on purpose. Read-only questions and ``validate_state``
+live in ``queries.py`` and actors in ``actors.py``; what is left is the transitions and
+the private helpers they share (``_fail``, ``_maybe_release``, ``_schedule``), which keep
+the invariants together. Splitting those across modules would scatter one state machine.
 """
 
 from __future__ import annotations
@@ -799,26 +803,8 @@ class SchedulerState:
     # ------------------------------------------------------------------ invariants
 
     def validate_state(self) -> None:
-        """Check cross-references; on in tests, off in production."""
-        for key, ts in self.tasks.items():
-            assert ts.key == key
-            if ts.state == "processing":
-                assert ts.processing_on is not None, ts
-                assert ts.processing_on.processing.get(key) is ts, ts
-            else:
-                assert ts.processing_on is None, ts
-            if ts.state == "memory":
-                assert _has_copy(ts), ts
-            if ts.state == "waiting":
-                assert ts.waiting_on, ts
-            for dep in ts.dependencies:
-                assert ts in dep.dependents, (ts, dep)
-            for ws in ts.who_has:
-                assert ts in ws.has_what, (ts, ws)
-        for ws in self.workers.values():
-            for key, ts in ws.processing.items():
-                assert ts.processing_on is ws and ts.key == key
-            assert ws.assigned_cpus >= -1e-9
+        """Check cross-references; on in tests, off in production (``queries.validate``)."""
+        queries.validate(self)
 
 
 def _has_copy(ts: TaskState) -> bool:

@@ -47,6 +47,7 @@ from graphexec.comm.blocking import (
 )
 from graphexec.comm.rpc import RemoteError
 from graphexec.errors import CommClosedError, ObjectLostError, ProtocolError
+from graphexec.graph.keys import return_keys
 from graphexec.graph.task import Task, TaskRef
 from graphexec.protocol import serialize as ser
 from graphexec.worker.execute import INLINE_BYTES, _run, error_report
@@ -68,11 +69,6 @@ Report = dict[str, Any]
 def _error_reports(keys: list[str], exc: BaseException, name: str) -> list[Report]:
     error = error_report(exc, name)
     return [{"op": "key-erred", "key": k, "exception": error, "origin": keys[0]} for k in keys]
-
-
-def return_keys(key: str, nreturns: int) -> list[str]:
-    """The keys of a call's results: ``key`` itself, or ``key-0 .. key-(n-1)``."""
-    return [key] if nreturns == 1 else [f"{key}-{i}" for i in range(nreturns)]
 
 
 def call_reports(

@@ -30,6 +30,19 @@ def actor_spec(actor_id: str = "actor-1", **extra: Any) -> dict[str, Any]:
     return spec
 
 
+def task_spec(key: str, deps: list[str]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "payload": b"",
+        "deps": deps,
+        "fids": [],
+        "prefix": "t",
+        "priority": 0,
+        "demand": {"CPU": 1.0},
+        "retries": 3,
+    }
+
+
 @pytest.fixture
 def state() -> SchedulerState:
     st = SchedulerState(validate=True)
@@ -203,32 +216,14 @@ def test_watch_of_unknown_actor_says_dead(state: SchedulerState) -> None:
 
 def test_actor_workers_get_no_tasks(state: SchedulerState) -> None:
     worker_id = start(state)
-    spec = {
-        "key": "t1",
-        "payload": b"",
-        "deps": [],
-        "fids": [],
-        "prefix": "t",
-        "priority": 0,
-        "demand": {"CPU": 1.0},
-        "retries": 3,
-    }
+    spec = task_spec("t1", [])
     out = state.handle_update_graph("client-1", [spec], ["t1"])
     assert all(s.dest != ("worker", worker_id) for s in ops(out, "compute"))
 
 
 def test_external_key_feeds_a_task_once_published(state: SchedulerState) -> None:
     state.handle_expect_keys("client-1", ["call-1"])
-    spec = {
-        "key": "t1",
-        "payload": b"",
-        "deps": ["call-1"],
-        "fids": [],
-        "prefix": "t",
-        "priority": 0,
-        "demand": {"CPU": 1.0},
-        "retries": 3,
-    }
+    spec = task_spec("t1", ["call-1"])
     out = state.handle_update_graph("client-1", [spec], ["t1"])
     assert not ops(out, "compute")
     assert "actor call" in state.explain_pending(["call-1"])["call-1"]
@@ -238,16 +233,7 @@ def test_external_key_feeds_a_task_once_published(state: SchedulerState) -> None
 
 def test_external_key_failure_fails_dependents(state: SchedulerState) -> None:
     state.handle_expect_keys("client-1", ["call-1"])
-    spec = {
-        "key": "t1",
-        "payload": b"",
-        "deps": ["call-1"],
-        "fids": [],
-        "prefix": "t",
-        "priority": 0,
-        "demand": {"CPU": 1.0},
-        "retries": 3,
-    }
+    spec = task_spec("t1", ["call-1"])
     state.handle_update_graph("client-1", [spec], ["t1"])
     error = {"type": "ValueError", "message": "bad", "traceback": "", "pickled": None}
     out = state.handle_key_failed("client-1", "call-1", error)
