@@ -7,10 +7,15 @@ own socket once it is alive, the calls not sent yet (in order) and the calls sen
 answered. The scheduler is not on the path of a call.
 
 Threads (no event loop on the path of a call): the user's thread writes a call straight
-to the actor's socket when nothing is queued ahead of it (``comm/blocking.py``); one reader
-thread per link takes the answers and wakes the waiting thread; one sender thread per
-caller connects links and sends queued calls once their inputs are ready. Lock order:
-a link's ``send_lock``, then the client's lock.
+to the actor's socket when nothing is queued ahead of it (``comm/blocking.py``), and a
+user thread blocked in ``get``/``wait`` on calls of one actor reads that actor's socket
+itself (it *leads*), so a call, get, call, get loop never hands off between threads. One
+reader thread per link reads when no user thread does: at once when someone waits
+another way (``urge``: ``wait`` on several actors, a callback, a published key), else once
+calls have gone unread for ``READER_GRACE`` seconds (fire-and-forget calls), so the actor
+never blocks on a full socket. One sender thread per caller connects links and sends
+queued calls once their inputs are ready. Lock order: a link's ``send_lock``, then the
+client's lock, then the link's ``cond`` (never held while taking another lock).
 
 Order: calls from this process to one actor are sent in the order they were made, on one
 connection, and a threaded actor with ``max_concurrency=1`` runs them in that order. A
@@ -39,6 +44,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -59,6 +65,32 @@ __all__ = ["ActorCaller", "caller_of"]
 logger = logging.getLogger("graphexec.actors")
 
 RECONNECT_DELAY = 0.05
+#: calls in flight that no thread reads are read by the link's reader after this long
+READER_GRACE = 0.005
+#: a reader that waits for a leading user thread looks again after this long (safety net)
+LEADER_CHECK = 0.5
+#: a leading thread checks for a lost scheduler (and its timeout) this often
+LEAD_SLICE = 0.1
+
+
+def _spin_seconds() -> float:
+    """How long a leading thread polls before it sleeps (``_read_soon``).
+
+    ``GRAPHEXEC_ACTOR_SPIN_US`` (microseconds, default 200; 0 turns spinning off). Off
+    when this process may use only one CPU: spinning would take it from the actor.
+    """
+    try:
+        micros = float(os.environ.get("GRAPHEXEC_ACTOR_SPIN_US", "200"))
+    except ValueError:
+        micros = 200.0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0.0, micros) / 1e6 if (cpus or 1) > 1 else 0.0
+
+
+SPIN_SECONDS = _spin_seconds()
+#: after this many fruitless spins in a row a leader spins on one read in ``SPIN_PROBE``
+SPIN_MISSES = 4
+SPIN_PROBE = 16
 
 _escapes = threading.local()
 
@@ -101,15 +133,18 @@ class _Call:
 
 class _ActorLink:
     __slots__ = (
-        "actor_id", "status", "address", "node_id", "incarnation", "cause", "max_task_retries",
+        "actor_id", "status", "address", "local_address", "node_id", "incarnation", "cause", "max_task_retries",
         "queue", "inflight", "lost", "comm", "connecting", "handles", "waiting",
         "ctor_refs", "class_name", "send_lock", "reader", "pending_reason",
+        "cond", "reading", "urgent", "idle", "active", "reads", "spin_misses",
     )  # fmt: skip
 
     def __init__(self, actor_id: str) -> None:
         self.actor_id = actor_id
         self.status = "unknown"
         self.address = ""
+        #: the actor's socket from its own machine (tried first), or ''
+        self.local_address = ""
         self.node_id = ""
         self.incarnation = 0
         self.cause: dict[str, Any] | None = None
@@ -132,6 +167,20 @@ class _ActorLink:
         self.waiting: _Call | None = None
         #: constructor ref arguments, kept alive until the actor is constructed
         self.ctor_refs: list[Any] = []
+        #: who reads the connection (a leading user thread or the reader): guards the
+        #: four fields below; a leaf lock
+        self.cond = threading.Condition(threading.Lock())
+        #: a thread is reading the connection now
+        self.reading = False
+        #: someone waits for results without reading: the reader reads at once
+        self.urgent = False
+        #: the reader sleeps until notified (nothing in flight)
+        self.idle = False
+        #: when a call was last sent or a leader last stopped reading (monotonic)
+        self.active = 0.0
+        #: reads by leaders, and spins in a row that ended without an answer
+        self.reads = 0
+        self.spin_misses = 0
 
     def busy(self) -> bool:
         return bool(self.queue or self.inflight or self.lost)
@@ -145,6 +194,8 @@ class ActorCaller:
         self.links: dict[str, _ActorLink] = {}
         #: result key -> base key of the call that makes it
         self._base: dict[str, str] = {}
+        #: result key -> the link of the actor that makes it
+        self._link_of: dict[str, _ActorLink] = {}
         #: keys published while pending: forward their result to the scheduler on arrival
         self._published: set[str] = set()
         self._kicks: queue.SimpleQueue[_ActorLink | None] = queue.SimpleQueue()
@@ -207,6 +258,7 @@ class ActorCaller:
                     client._results[k] = client._new_result()
                     client.owned[k] = self
                     self._base[k] = key
+                    self._link_of[k] = link
                 if link.status == "dead":
                     self._fail(call, link.cause or _died(f"actor {actor_id} is dead"))
                     return refs
@@ -323,6 +375,7 @@ class ActorCaller:
         """The last ref to ``key`` is gone (client lock held)."""
         self._published.discard(key)
         self._base.pop(key, None)
+        self._link_of.pop(key, None)
 
     def _sync_then(self, call: _Call, link: _ActorLink) -> None:
         """Published refs ride in ``call``: send it once the scheduler has them."""
@@ -410,6 +463,10 @@ class ActorCaller:
         # on a broken connection the reader thread moves the call to ``lost``
         with contextlib.suppress(CommClosedError):
             comm.send([op], call.frames)
+        with link.cond:
+            link.active = time.monotonic()
+            if link.idle:
+                link.cond.notify()
 
     def _locations(
         self, call: _Call, link: _ActorLink
@@ -450,7 +507,12 @@ class ActorCaller:
         """Connect to the actor's socket (sender thread); on failure ask the scheduler."""
         address, incarnation = link.address, link.incarnation
         try:
-            comm = blocking_connect(address, self.client.token)
+            comm = None
+            if link.local_address:  # refused unless the actor is on this machine
+                with contextlib.suppress(OSError):
+                    comm = blocking_connect(link.local_address, self.client.token)
+            if comm is None:
+                comm = blocking_connect(address, self.client.token)
         except (OSError, CommClosedError, ProtocolError) as err:
             logger.info("actor %s: cannot connect to %s: %s", link.actor_id, address, err)
             time.sleep(RECONNECT_DELAY)
@@ -472,20 +534,126 @@ class ActorCaller:
             if link.lost:  # the same process after a broken connection: resend or fail
                 self._fail_lost(link)
 
-    def _read(self, link: _ActorLink, comm: BlockingComm) -> None:
+    # ------------------------------------------------------------------ reading answers
+
+    def wait(self, keys: list[str], waiter: Any, timeout: float | None) -> bool:
+        """Block until ``waiter`` is done (``client._wait_for``); False at the timeout.
+
+        When every key comes from one actor whose connection no other thread reads, this
+        thread reads it (leads); otherwise the reader is urged and this thread sleeps.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        link = self._link_of.get(keys[0])
+        if link is not None and all(self._link_of.get(k) is link for k in keys):
+            with link.cond:
+                lead = not link.reading and link.comm is not None
+                if lead:
+                    link.reading = True
+            if lead:
+                try:
+                    self._lead(link, waiter, deadline)
+                finally:
+                    with link.cond:
+                        link.reading = False
+                        link.active = time.monotonic()
+                        if link.inflight or link.urgent:
+                            link.cond.notify()
+                if waiter.event.is_set() or self.client._lost is not None:
+                    return True
+        self.urge(keys)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return bool(waiter.event.wait(remaining))
+
+    def _lead(self, link: _ActorLink, waiter: Any, deadline: float | None) -> None:
+        """Read ``link`` on this thread until the waiter is done, the deadline, or a break."""
         client = self.client
+        while not waiter.event.is_set() and client._lost is None:
+            comm = link.comm
+            if comm is None or comm.closed:
+                return
+            step = LEAD_SLICE
+            if deadline is not None:
+                step = min(step, deadline - time.monotonic())
+                if step <= 0:
+                    return
+            try:
+                batch = self._read_soon(link, comm, step)
+            except (CommClosedError, ProtocolError, OSError):
+                with client._lock:
+                    if link.comm is comm:
+                        self._link_broken(link)
+                return
+            if batch:
+                self._process(link, batch)
+
+    @staticmethod
+    def _read_soon(link: _ActorLink, comm: BlockingComm, timeout: float) -> list[Any]:
+        """The next batch, or ``[]`` after ``timeout``; spins first while that pays.
+
+        The leader polls without sleeping for ``SPIN_SECONDS`` before it blocks: on a
+        small virtual machine waking a blocked thread costs more than a short call
+        (docs/design/actors.md). After ``SPIN_MISSES`` spins in a row that ended without
+        an answer (a slow actor) it only tries one read in ``SPIN_PROBE``.
+        """
+        batch: list[Any] = []
+        link.reads += 1
+        if SPIN_SECONDS and (link.spin_misses < SPIN_MISSES or link.reads % SPIN_PROBE == 0):
+            until = time.perf_counter() + SPIN_SECONDS
+            while not batch and time.perf_counter() < until:
+                batch = comm.read_batch(timeout=0)
+            link.spin_misses = 0 if batch else link.spin_misses + 1
+        return batch or comm.read_batch(timeout=timeout)
+
+    def urge(self, keys: list[str]) -> None:
+        """Someone waits on ``keys`` without reading: their links' readers read at once."""
+        links = {id(link): link for k in keys if (link := self._link_of.get(k)) is not None}
+        for link in links.values():
+            with link.cond:
+                link.urgent = True
+                link.cond.notify()
+
+    def _read(self, link: _ActorLink, comm: BlockingComm) -> None:
+        """The link's reader thread: reads while no user thread does (see the docstring)."""
+        client = self.client
+        keep = False
         try:
             while True:
-                batch = comm.read_batch()
-                with client._lock:
-                    for header, _ in batch:
-                        for op in header:
-                            self._answered(link, op)
-                        client._handle_batch(header)
+                with link.cond:
+                    while True:
+                        if comm.closed or self._closed:
+                            return
+                        if not link.inflight:
+                            keep = False
+                            if not link.busy():
+                                link.urgent = False
+                            link.idle = True
+                            link.cond.wait()
+                            link.idle = False
+                        elif link.reading:
+                            link.cond.wait(LEADER_CHECK)
+                        else:
+                            quiet = time.monotonic() - link.active
+                            if keep or link.urgent or quiet >= READER_GRACE:
+                                break
+                            link.cond.wait(READER_GRACE - quiet)
+                    link.reading = keep = True
+                try:
+                    self._process(link, comm.read_batch())
+                finally:
+                    with link.cond:
+                        link.reading = False
         except (CommClosedError, ProtocolError, OSError):
             with client._lock:
                 if link.comm is comm:
                     self._link_broken(link)
+
+    def _process(self, link: _ActorLink, batch: list[tuple[Any, list[bytes]]]) -> None:
+        client = self.client
+        with client._lock:
+            for header, _ in batch:
+                for op in header:
+                    self._answered(link, op)
+                client._handle_batch(header)
 
     def _answered(self, link: _ActorLink, op: dict[str, Any]) -> None:
         """A result arrived (client lock held): retire the call, publish if needed."""
@@ -520,9 +688,7 @@ class ActorCaller:
 
     def _link_broken(self, link: _ActorLink, *, ask: bool = True) -> None:
         """The connection to the actor broke (lock held): ask the scheduler what happened."""
-        if link.comm is not None:
-            link.comm.close()
-        link.comm = None
+        _close_comm(link)
         link.lost.extend(link.inflight.values())
         link.inflight.clear()
         if ask:
@@ -543,6 +709,7 @@ class ActorCaller:
         new_incarnation = incarnation != link.incarnation
         link.status = status
         link.address = op.get("address", "")
+        link.local_address = op.get("local_address") or ""
         link.node_id = op.get("node", "")
         link.incarnation = incarnation
         link.cause = op.get("cause")
@@ -559,9 +726,7 @@ class ActorCaller:
             link.queue.clear()
             for call in calls:
                 self._fail(call, cause)
-            if link.comm is not None:
-                link.comm.close()
-            link.comm = None
+            _close_comm(link)
             return
         if status == "restarting" or (status == "alive" and new_incarnation):
             if link.comm is not None:
@@ -620,9 +785,7 @@ class ActorCaller:
         if link.handles > 0 or link.busy() or self.links.get(link.actor_id) is not link:
             return
         del self.links[link.actor_id]
-        if link.comm is not None:
-            link.comm.close()
-        link.comm = None
+        _close_comm(link)
         self.client._send({"op": "unwatch-actor", "actor": link.actor_id})
 
     def close(self) -> None:
@@ -630,14 +793,22 @@ class ActorCaller:
         readers = []
         with self.client._lock:
             for link in list(self.links.values()):
-                if link.comm is not None:
-                    link.comm.close()
+                _close_comm(link)
                 if link.reader is not None:
                     readers.append(link.reader)
         self._kicks.put(None)
         for thread in [*readers, self._sender]:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(2.0)
+
+
+def _close_comm(link: _ActorLink) -> None:
+    """Close the link's connection and wake its reader so it ends."""
+    if link.comm is not None:
+        link.comm.close()
+    link.comm = None
+    with link.cond:
+        link.cond.notify_all()
 
 
 def link_info(link: _ActorLink) -> dict[str, Any]:
@@ -649,6 +820,7 @@ def link_info(link: _ActorLink) -> dict[str, Any]:
         "address": link.address,
         "node": link.node_id,
         "incarnation": link.incarnation,
+        "local_address": link.local_address,
         "cause": link.cause,
         "max_task_retries": link.max_task_retries,
         "class_name": link.class_name,

@@ -63,6 +63,34 @@ class _KeyResult:
         self.nbytes = 0
 
 
+class _Signal:
+    """A one-shot event made of one lock (a ``threading.Event`` costs a condition)."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            with contextlib.suppress(RuntimeError):  # set twice at once: already released
+                self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._set:
+            if timeout is None:
+                self._lock.acquire()
+            else:
+                self._lock.acquire(timeout=max(0.0, timeout))
+        return self._set
+
+
 class _Waiter:
     """Wakes a user thread (or calls ``callback``) once ``target`` of its keys are done."""
 
@@ -70,7 +98,7 @@ class _Waiter:
 
     def __init__(self, remaining: int, callback: Callable[[], None] | None = None) -> None:
         self.remaining = remaining
-        self.event = threading.Event()
+        self.event = _Signal()
         self.order: list[str] = []
         self.callback = callback
 
@@ -333,7 +361,11 @@ class Client:
                 waiter = _Waiter(len(pending), callback)
                 for key in pending:
                     self._waiters.setdefault(key, []).append(waiter)
-                return
+                owners = {id(o): o for k in pending if (o := self.owned.get(k)) is not None}
+        if pending:
+            for owner in owners.values():
+                owner.urge(pending)  # results nobody reads on their own thread
+            return
         callback()
 
     def offer_stores(self, candidates: list[tuple[str, str]]) -> None:
@@ -440,8 +472,12 @@ class Client:
         blocked = self.on_block is not None
         if blocked:
             self.on_block(True)  # type: ignore[misc]
+        owner = self.owned.get(pending[0]) if self.owned else None
         try:
-            finished = waiter.event.wait(timeout)
+            if owner is not None:  # actor results: the actor caller may read them here
+                finished = owner.wait(pending, waiter, timeout)
+            else:
+                finished = waiter.event.wait(timeout)
         finally:
             if blocked:
                 self.on_block(False)  # type: ignore[misc]

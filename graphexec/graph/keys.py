@@ -15,13 +15,16 @@ random token, so it never collides with anything (a pure task with such an argum
 never deduplicates). Hashing a token is not serialization: the pickles made here are hashed
 and dropped, never sent.
 
-This module is pure: no I/O, no globals.
+This module is pure (no I/O) but for one piece of state: :func:`new_key`'s per-process
+prefix and counter (made anew in a forked child), cheaper than a random UUID per key.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
+import os
 import pickle
 import sys
 import types
@@ -35,6 +38,22 @@ __all__ = ["key_name", "new_key", "tokenize"]
 _HEX = frozenset("0123456789abcdef")
 
 
+class _KeySource:
+    """A random 16-hex-digit prefix per process, then a counter: unique, and cheap."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = uuid.uuid4().hex[:16]
+        self.counter = itertools.count()
+
+
+_keys = _KeySource()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_keys.reset)
+
+
 def new_key(name: str) -> str:
     """A new unique key ``"{name}-{32 hex digits}"``.
 
@@ -44,7 +63,7 @@ def new_key(name: str) -> str:
     >>> new_key("inc") == new_key("inc")
     False
     """
-    return f"{name}-{uuid.uuid4().hex}"
+    return f"{name}-{_keys.prefix}{next(_keys.counter):016x}"
 
 
 def return_keys(key: str, nreturns: int) -> list[str]:

@@ -67,6 +67,7 @@ class ActorRecord:
         "demand", "hold", "max_restarts", "restarts", "max_task_retries", "max_concurrency",
         "is_async", "status", "worker", "worker_id", "node", "incarnation", "cause",
         "watchers", "borrowed", "waiting", "owner_released", "methods", "address",
+        "local_address",
     )  # fmt: skip
 
     def __init__(self, actor_id: str, spec: dict[str, Any], owner: str) -> None:
@@ -92,6 +93,8 @@ class ActorRecord:
         self.worker: WorkerState | None = None
         #: where callers connect (the actor's own socket), once alive
         self.address = ""
+        #: the same socket for callers on the actor's machine (a Unix socket), if any
+        self.local_address = ""
         #: the worker process started for the current incarnation (until it registers)
         self.worker_id = ""
         self.node: NodeState | None = None
@@ -112,6 +115,7 @@ class ActorRecord:
             "actor": self.id,
             "status": self.status,
             "address": self.address if self.status == "alive" else "",
+            "local_address": self.local_address if self.status == "alive" else "",
             "worker": worker.id if worker is not None else "",
             "node": self.node.id if self.node is not None else "",
             "incarnation": self.incarnation,
@@ -269,12 +273,23 @@ class ActorTable:
             msg["functions"] = {rec.fid: blob}
         return [Send(("worker", ws.id), msg)]
 
-    def ready(self, ws: WorkerState, actor_id: str, incarnation: int, address: str) -> list[Send]:
-        """The constructor returned; calls go to ``address`` (the actor's own socket)."""
+    def ready(
+        self,
+        ws: WorkerState,
+        actor_id: str,
+        incarnation: int,
+        address: str,
+        local_address: str = "",
+    ) -> list[Send]:
+        """The constructor returned; calls go to ``address`` (the actor's own socket).
+
+        ``local_address`` reaches the same socket from the actor's machine (cheaper).
+        """
         rec = self.actors.get(actor_id)
         if rec is None or rec.worker is not ws or rec.incarnation != incarnation:
             return []
         rec.address = address
+        rec.local_address = local_address
         if rec.status in ("pending", "restarting"):
             return self._move(rec, "alive")
         return []
@@ -296,7 +311,7 @@ class ActorTable:
         if rec is None or rec.worker is not ws:
             return []
         rec.worker = None
-        rec.address = ""
+        rec.address = rec.local_address = ""
         self._release(rec)
         if rec.status == "dead":
             return self._maybe_collect(rec)

@@ -102,7 +102,11 @@ class Scheduler:
                 wid, op["key"], op["blocked"]
             ),
             "actor-ready": lambda wid, op, _: self.state.actors.ready(
-                self.state.workers[wid], op["actor"], int(op["incarnation"]), op["address"]
+                self.state.workers[wid],
+                op["actor"],
+                int(op["incarnation"]),
+                op["address"],
+                str(op.get("local_address") or ""),
             ),
             "actor-failed": lambda wid, op, _: self.state.actors.constructor_failed(
                 self.state.workers[wid], op["actor"], op["exception"]

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import socket
 import threading
 import time
@@ -43,6 +44,7 @@ from graphexec.comm.blocking import (
     BlockingComm,
     blocking_listener,
     check_header,
+    local_listener,
     serve_handshake,
 )
 from graphexec.comm.rpc import RemoteError
@@ -147,8 +149,10 @@ class ActorRuntime:
         self._loop_thread: threading.Thread | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._listener: socket.socket | None = None
+        self._listeners: list[socket.socket] = []
+        #: the actor's socket over TCP, and on this machine (a Unix socket, or '')
         self.address = ""
+        self.local_address = ""
         self._threads: list[threading.Thread] = []
         self._conns: set[BlockingComm] = set()
         self._closed = False
@@ -174,8 +178,14 @@ class ActorRuntime:
                     lend=False,
                 )
         host = self.worker.address.removeprefix("tcp://").rpartition(":")[0] or "127.0.0.1"
-        self._listener, self.address = blocking_listener(host)
-        self._thread(self._accept, "accept")
+        listener, self.address = blocking_listener(host)
+        self._listeners.append(listener)
+        self._thread(self._accept, "accept", listener)
+        local = local_listener(f"graphexec-actor-{self.actor_id}-{incarnation}-{os.getpid()}")
+        if local is not None:  # callers on this machine skip TCP
+            self._listeners.append(local[0])
+            self.local_address = local[1]
+            self._thread(self._accept, "accept-local", local[0])
 
         def construct() -> None:
             try:
@@ -197,6 +207,7 @@ class ActorRuntime:
                     "actor": self.actor_id,
                     "incarnation": incarnation,
                     "address": self.address,
+                    "local_address": self.local_address,
                 }
             )
 
@@ -237,16 +248,18 @@ class ActorRuntime:
 
     # ------------------------------------------------------------------ connections
 
-    def _accept(self) -> None:
-        listener = self._listener
-        assert listener is not None
+    def _accept(self, listener: socket.socket) -> None:
         while not self._closed:
             try:
                 sock, peer = listener.accept()
             except OSError:
                 return  # closed
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._thread(self._serve, "conn", sock, f"{peer[0]}:{peer[1]}")
+            if sock.family == socket.AF_UNIX:
+                peer_name = "local"
+            else:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer_name = f"{peer[0]}:{peer[1]}"
+            self._thread(self._serve, "conn", sock, peer_name)
 
     def _serve(self, sock: socket.socket, peer: str) -> None:
         """One caller's connection: read calls, run (or dispatch) them, answer."""
@@ -342,11 +355,14 @@ class ActorRuntime:
                 last = err
         raise ObjectLostError(f"input {key} could not be fetched from {addresses}: {last}")
 
-    def _prepare(self, call: _Call) -> tuple[Task, dict[str, Any], str]:
-        name = f"{self.class_name}.{call.method}"
+    def _method(self, name: str) -> Callable[..., Any]:
         if self.instance is None:
             raise RuntimeError(f"the actor {self.class_name} is not constructed")
-        method = getattr(self.instance, call.method)
+        return getattr(self.instance, name)  # type: ignore[no-any-return]
+
+    def _prepare(self, call: _Call) -> tuple[Task, dict[str, Any], str]:
+        name = f"{self.class_name}.{call.method}"
+        method = self._method(call.method)
         args, kwargs = ser.deserialize(call.frames)
         node = Task(call.key, method, tuple(args), dict(kwargs), resolve="top")
         return node, self._inputs(call), name
@@ -354,8 +370,12 @@ class ActorRuntime:
     def _run_sync(self, call: _Call) -> list[Report]:
         name = f"{self.class_name}.{call.method}"
         try:
-            node, values, name = self._prepare(call)
-            result = _run(node, values, self.worker.make_ref)
+            if call.deps:
+                node, values, name = self._prepare(call)
+                result = _run(node, values, self.worker.make_ref)
+            else:  # no ref anywhere in the arguments: call the method as it is
+                args, kwargs = ser.deserialize(call.frames)
+                result = self._method(call.method)(*args, **kwargs)
             if inspect.iscoroutine(result):  # a coroutine from a sync actor's method
                 result = asyncio.run(_await(result))
         except BaseException as exc:
@@ -412,10 +432,10 @@ class ActorRuntime:
         if self._closed:
             return
         self._closed = True
-        if self._listener is not None:
+        for listener in self._listeners:
             with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
         for conn in list(self._conns):
             conn.close()
         if self._executor is not None:

@@ -6,6 +6,8 @@ import contextlib
 import socket
 import struct
 import threading
+import time
+import uuid
 
 import pytest
 
@@ -13,6 +15,7 @@ from graphexec.comm.blocking import (
     BlockingComm,
     blocking_connect,
     blocking_listener,
+    local_listener,
     serve_handshake,
 )
 from graphexec.errors import CommClosedError, ProtocolError
@@ -23,8 +26,14 @@ TOKEN = "s3cret-token"
 class EchoServer:
     """Accepts connections; echoes every message back; records handshake failures."""
 
-    def __init__(self) -> None:
-        self.sock, self.address = blocking_listener("127.0.0.1")
+    def __init__(self, kind: str = "tcp") -> None:
+        if kind == "local":
+            listener = local_listener(f"graphexec-test-{uuid.uuid4().hex}")
+            if listener is None:
+                pytest.skip("no abstract Unix sockets on this platform")
+            self.sock, self.address = listener
+        else:
+            self.sock, self.address = blocking_listener("127.0.0.1")
         self.errors: list[BaseException] = []
         self.threads: list[threading.Thread] = []
         self.thread = threading.Thread(target=self._accept, name="graphexec-test-accept")
@@ -61,9 +70,9 @@ class EchoServer:
             t.join(5)
 
 
-@pytest.fixture
-def server():
-    srv = EchoServer()
+@pytest.fixture(params=["tcp", "local"])
+def server(request):
+    srv = EchoServer(request.param)
     try:
         yield srv
     finally:
@@ -126,3 +135,27 @@ def test_closing_wakes_a_blocked_reader(server):
     assert not t.is_alive() and errors
     with pytest.raises(CommClosedError):
         comm.send([{"after": "close"}])
+
+
+def test_read_batch_with_a_timeout(server):
+    comm = blocking_connect(server.address, TOKEN)
+    try:
+        t = time.monotonic()
+        assert comm.read_batch(timeout=0.05) == []  # nothing sent: empty, not blocked
+        assert 0.04 <= time.monotonic() - t < 2
+        assert comm.read_batch(timeout=0) == []
+        comm.send([{"late": 1}])
+        assert comm.read_batch(timeout=5)[0][0] == [{"late": 1}]
+    finally:
+        comm.close()
+
+
+def test_local_address_is_unix_and_refused_when_absent():
+    listener = local_listener(f"graphexec-test-{uuid.uuid4().hex}")
+    if listener is None:
+        pytest.skip("no abstract Unix sockets on this platform")
+    sock, address = listener
+    sock.close()
+    assert address.startswith("unix:@")
+    with pytest.raises(OSError):  # nobody listens: refused at once (callers fall back)
+        blocking_connect(address, TOKEN, timeout=2)

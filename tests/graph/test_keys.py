@@ -43,6 +43,24 @@ def test_new_key_format_and_uniqueness():
     assert all(re.fullmatch(r"inc-[0-9a-f]{32}", k) for k in keys)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_new_keys_stay_unique_in_a_forked_child():
+    before = new_key("inc")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its keys go back through the pipe
+        try:
+            os.write(write, " ".join(new_key("inc") for _ in range(100)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = set(pipe.read().decode().split())
+    os.waitpid(pid, 0)
+    parent = {new_key("inc") for _ in range(100)} | {before}
+    assert len(child) == 100 and not child & parent
+
+
 def test_tokenize_is_hex_and_deterministic():
     values = (1, -2.5, "s", b"b", None, True, 3j, (1, [2, {"a": {3}}]), frozenset({1, 2}))
     token = tokenize(*values, k=[1, 2])
