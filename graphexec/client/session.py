@@ -28,12 +28,23 @@ __all__ = ["LocalCluster"]
 
 
 class LocalCluster:
-    """Scheduler + one node manager as children of this process."""
+    """Scheduler + one node manager (more with ``add_node``) as children of this process."""
 
-    def __init__(self, address: str, token: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str,
+        procs: list[subprocess.Popen[bytes]],
+        *,
+        name: str = "",
+        host: str = "127.0.0.1",
+    ) -> None:
         self.address = address
         self.token = token
         self.procs = procs
+        #: cluster name: the node managers' store directories are named after it
+        self.name = name
+        self.host = host
 
     @classmethod
     def start(
@@ -46,6 +57,7 @@ class LocalCluster:
         object_store_memory: int | None = None,
         host: str = "127.0.0.1",
         validate: bool = False,
+        node_id: str | None = None,
     ) -> LocalCluster:
         token = secrets.token_hex(32)
         cluster = secrets.token_hex(4)
@@ -76,39 +88,77 @@ class LocalCluster:
             if validate:
                 sched_cmd.append("--validate")
             procs.append(subprocess.Popen(sched_cmd, pass_fds=(sock.fileno(),), **common))
-            node_cmd = [
-                sys.executable,
-                "-m",
-                "graphexec.worker.nodemanager",
-                "--scheduler",
-                address,
-                "--owner-pid",
-                owner,
-                "--host",
-                host,
-                "--resources",
-                json.dumps(resources or {}),
-            ]
-            if num_cpus is not None:
-                node_cmd += ["--num-cpus", str(num_cpus)]
-            if num_gpus is not None:
-                node_cmd += ["--num-gpus", str(num_gpus)]
-            if memory is not None:
-                node_cmd += ["--memory", str(memory)]
-            if object_store_memory is not None:
-                node_cmd += ["--object-store-memory", str(int(object_store_memory))]
-            node_cmd += ["--cluster", cluster]
-            procs.append(subprocess.Popen(node_cmd, **common))
+            local = cls(address, token, procs, name=cluster, host=host)
+            local.add_node(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                resources=resources,
+                memory=memory,
+                object_store_memory=object_store_memory,
+                node_id=node_id,
+            )
         except BaseException:
             cls(address, token, procs).stop()
             raise
         finally:
             sock.close()
-        return cls(address, token, procs)
+        return local
+
+    def add_node(
+        self,
+        *,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        resources: dict[str, float] | None = None,
+        memory: float | None = None,
+        object_store_memory: int | None = None,
+        node_id: str | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start one more node manager, a child of this process; return its process.
+
+        Several node managers on one machine each get their own store directory (named
+        after the cluster and the node id) and their own workers: a "multi-node" cluster
+        for tests (``graphexec/testing/procs.py``).
+        """
+        node_cmd = [
+            sys.executable,
+            "-m",
+            "graphexec.worker.nodemanager",
+            "--scheduler",
+            self.address,
+            "--owner-pid",
+            str(os.getpid()),
+            "--host",
+            self.host,
+            "--resources",
+            json.dumps(resources or {}),
+        ]
+        if num_cpus is not None:
+            node_cmd += ["--num-cpus", str(num_cpus)]
+        if num_gpus is not None:
+            node_cmd += ["--num-gpus", str(num_gpus)]
+        if memory is not None:
+            node_cmd += ["--memory", str(memory)]
+        if object_store_memory is not None:
+            node_cmd += ["--object-store-memory", str(int(object_store_memory))]
+        if node_id is not None:
+            node_cmd += ["--node-id", node_id]
+        node_cmd += ["--cluster", self.name]
+        proc = subprocess.Popen(
+            node_cmd,
+            env=dict(os.environ, GRAPHEXEC_TOKEN=self.token),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
 
     def exited(self) -> str:
         """Which of the cluster's processes already exited, in words ('' if none)."""
-        names = ("scheduler", "node manager")
+        names = ["scheduler"] + [
+            "node manager" if len(self.procs) == 2 else f"node manager {i}"
+            for i in range(1, len(self.procs))
+        ]
         return ", ".join(
             f"the {name} exited with code {proc.returncode}"
             for name, proc in zip(names, self.procs, strict=False)
@@ -116,7 +166,7 @@ class LocalCluster:
         )
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Node manager first (it stops its workers), then the scheduler."""
+        """Node managers first (each stops its workers), then the scheduler."""
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -430,15 +430,20 @@ class SchedulerState:
         node = self.nodes.pop(node_id, None)
         if node is None:
             return []
+        # the node, its store and its workers went together. Take every worker out of
+        # the pool before retrying anything, so that no retry (or actor restart) lands on
+        # a dead sibling, costing another retry; and drop the store's copies first, so
+        # that no retry is sent to read an input from the dead store.
+        dead = [self.workers.pop(wid) for wid in list(node.workers) if wid in self.workers]
         out: list[Send] = []
-        for worker_id in list(node.workers):
-            out += self.handle_remove_worker(worker_id)
-        # the node's store went with it: objects with no other copy are lost
+        # objects with no other copy are lost
         for ts in list(node.store_keys):
             ts.store_nodes.discard(node)
             if not _has_copy(ts) and ts.state == "memory":
                 out += self._lost(ts)
         node.store_keys.clear()
+        for ws in dead:
+            out += self._remove_worker(ws)
         # queued work that only this node could run now waits for a new node
         for heap in self.queued.values():
             for _, ts in heap:
@@ -446,7 +451,7 @@ class SchedulerState:
                     feasible_on(ts.demand, n) for n in self.nodes.values()
                 ):
                     out += self._transition(ts, "no-worker")
-        return out
+        return out + self._schedule()
 
     def handle_add_worker(
         self,
@@ -473,6 +478,11 @@ class SchedulerState:
         ws = self.workers.pop(worker_id, None)
         if ws is None:
             return []
+        return self._remove_worker(ws) + self._schedule()
+
+    def _remove_worker(self, ws: WorkerState) -> list[Send]:
+        """``handle_remove_worker`` once ``ws`` left ``self.workers``; schedules nothing."""
+        worker_id = ws.id
         ws.status = "closed"
         ws.node.workers.pop(worker_id, None)
         out: list[Send] = []
@@ -500,7 +510,7 @@ class SchedulerState:
             if not _has_copy(ts) and ts.state == "memory":
                 out += self._lost(ts)
         ws.has_what.clear()
-        return out + self._schedule()
+        return out
 
     def handle_task_finished(
         self,

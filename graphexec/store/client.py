@@ -34,6 +34,11 @@ from graphexec.store.mapping import ArenaMapping
 __all__ = ["CHUNK_BYTES", "StoreClient", "read_remote"]
 
 CHUNK_BYTES = 8 * 1024 * 1024
+#: seconds to keep retrying a refused connection to another node's store. Its socket
+#: listens from its node manager's start, before anyone learns its address, so a refusal
+#: means the store is gone: fail soon (the task is retried, the object recomputed)
+#: rather than after ``connect``'s default 10 s.
+PEER_CONNECT_TIMEOUT = 3.0
 #: how much of the arena's start every process pre-faults (objects are placed low first)
 PRETOUCH_BYTES = 256 * 1024 * 1024
 
@@ -82,10 +87,16 @@ class StoreClient:
     # ------------------------------------------------------------------ async API
 
     async def put_frames_async(self, key: str, frames: Sequence[Any]) -> int:
-        """Write an object; returns the bytes it takes in the store."""
+        """Write an object; returns the bytes it takes in the store.
+
+        A sealed object already under ``key`` is replaced: the result of an earlier run
+        of the same task, whose worker died after writing it and before reporting it.
+        """
         rpc, mapping = self._ready()
         _, total = frames_layout(frames)
-        answer, _ = await rpc.call({"op": "store-allocate", "key": key, "nbytes": total})
+        answer, _ = await rpc.call(
+            {"op": "store-allocate", "key": key, "nbytes": total, "replace": True}
+        )
         offset = int(answer["offset"])
         try:
             lengths = mapping.write(offset, frames)
@@ -145,7 +156,7 @@ class StoreClient:
     async def copy_from(self, key: str, peer: str) -> int:
         """Copy ``key`` from the store service at ``peer`` into this node's store."""
         rpc, mapping = self._ready()
-        remote = RPCConnection(await connect(peer, token=self.token))
+        remote = RPCConnection(await connect(peer, token=self.token, timeout=PEER_CONNECT_TIMEOUT))
         try:
             answer, _ = await remote.call({"op": "store-lease", "key": key})
             lengths = [int(n) for n in answer["lengths"]]
@@ -233,7 +244,7 @@ async def read_remote(key: str, peer: str, token: str) -> list[memoryview]:
     machine): one buffer of the object's size, filled chunk by chunk, then sliced into
     frames. The remote lease is held only while the chunks are read.
     """
-    remote = RPCConnection(await connect(peer, token=token))
+    remote = RPCConnection(await connect(peer, token=token, timeout=PEER_CONNECT_TIMEOUT))
     try:
         answer, _ = await remote.call({"op": "store-lease", "key": key})
         lengths = [int(n) for n in answer["lengths"]]

@@ -125,8 +125,16 @@ class StoreManager:
 
     # ------------------------------------------------------------------ writing
 
-    def allocate(self, owner: str, key: str, nbytes: int) -> int:
-        """Reserve a region of ``nbytes`` for a new object; return its offset."""
+    def allocate(self, owner: str, key: str, nbytes: int, *, replace: bool = False) -> int:
+        """Reserve a region of ``nbytes`` for a new object; return its offset.
+
+        With ``replace``, a sealed (or spilled) object under ``key`` is freed first, as by
+        :meth:`free`: a task's retry writes over what an earlier run wrote before its
+        worker died unreported. An object still being written is never replaced.
+        """
+        entry = self._entries.get(key)
+        if replace and entry is not None and entry.state != "writing":
+            self.free(key)
         if key in self._entries:
             raise ValueError(f"object {key!r} is already in the store")
         if nbytes < 0:

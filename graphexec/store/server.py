@@ -8,7 +8,8 @@ are released and its half-written objects aborted, so a process that dies mid-wr
 leaves nothing visible.
 
 Ops (all replied to, except ``store-release``):
-``store-allocate {key, nbytes} -> {offset}``, ``store-seal {key, lengths}``,
+``store-allocate {key, nbytes, replace} -> {offset}`` (``replace``: write over a sealed
+object of that key), ``store-seal {key, lengths}``,
 ``store-abort {key}``, ``store-lease {key} -> {offset, lengths, nbytes}``,
 ``store-release {keys}``, ``store-read {key, start, length} -> one frame`` (a slice of a
 leased object, for cross-node copies), ``store-stats -> {...}``,
@@ -24,7 +25,7 @@ from typing import Any
 from graphexec.comm.batched import BatchedSend, split_frames
 from graphexec.comm.core import Comm
 from graphexec.comm.rpc import reply, reply_error
-from graphexec.errors import CommClosedError, GraphexecError
+from graphexec.errors import CommClosedError, GraphexecError, ProtocolError
 from graphexec.store.manager import StoreManager
 
 __all__ = ["StoreServer"]
@@ -73,6 +74,8 @@ class StoreServer:
                     self.manager.validate_state()
         except CommClosedError:
             pass
+        except ProtocolError as err:  # a broken message: drop this peer, nobody else
+            logger.warning("store: dropping %s (%s): %s", comm.peer, owner, err)
         finally:
             self.manager.drop_owner(owner)
             out.abort()
@@ -88,7 +91,7 @@ class StoreServer:
             return
         try:
             answer = handler(owner, op)
-        except (GraphexecError, KeyError, ValueError) as err:
+        except (GraphexecError, KeyError, TypeError, ValueError) as err:
             if "rid" in op:
                 out.send(reply_error(op, err))
             return
@@ -99,7 +102,9 @@ class StoreServer:
     # each handler returns (reply body, frames) or None for no reply
 
     def _allocate(self, owner: str, op: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
-        offset = self.manager.allocate(owner, op["key"], int(op["nbytes"]))
+        offset = self.manager.allocate(
+            owner, op["key"], int(op["nbytes"]), replace=bool(op.get("replace"))
+        )
         return {"offset": offset}, []
 
     def _seal(self, owner: str, op: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:

@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from graphexec.errors import CommClosedError, ObjectLostError
 from graphexec.graph.task import Fused, Task, TaskRef
 from graphexec.protocol import serialize as ser
 from graphexec.protocol.tasks import loads_task
@@ -56,6 +57,11 @@ def _retry_on(node: Any, exc: BaseException) -> bool:
     return bool(spec)
 
 
+def _store_failure(exc: BaseException) -> bool:
+    """The node's store became unreachable (its node manager died): not the task's fault."""
+    return isinstance(exc, (CommClosedError, ObjectLostError))
+
+
 def run_task(
     msg: dict[str, Any],
     storage: ObjectStorage,
@@ -73,9 +79,12 @@ def run_task(
     key = msg["key"]
     start = time.perf_counter()
     node: Any = None
+    in_graphexec = False  # reading inputs or storing the result, not running user code
     try:
         node = loads_task(msg["payload"], load_function)
+        in_graphexec = True
         values = {dep: storage.get_value(dep) for dep in node.dependencies}
+        in_graphexec = False
         wrap = make_ref if isinstance(node, Task) and node.resolve == "top" else None
         result = _run(node, values, wrap)
         frames = ser.serialize(result)
@@ -83,6 +92,7 @@ def run_task(
         in_store = store_large is not None and nbytes > INLINE_BYTES
         if in_store:
             assert store_large is not None
+            in_graphexec = True
             store_large(key, frames)
     except BaseException as exc:  # user code: report everything, including SystemExit
         if isinstance(exc, KeyboardInterrupt):
@@ -93,7 +103,8 @@ def run_task(
             "key": key,
             "run_id": msg.get("run_id", 0),
             "exception": error_report(exc, name),
-            "retryable": node is not None and _retry_on(node, exc),
+            "retryable": (in_graphexec and _store_failure(exc))
+            or (node is not None and _retry_on(node, exc)),
             "duration": time.perf_counter() - start,
         }
         del exc

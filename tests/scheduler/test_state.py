@@ -595,6 +595,33 @@ def test_lost_input_of_a_task_running_elsewhere_is_recomputed_on_retry() -> None
     assert msgs(out, "compute")[0]["deps"] == {"a": ["local"]}
 
 
+def test_node_death_retries_its_tasks_once_elsewhere_after_their_lost_inputs() -> None:
+    """A dead node's tasks are not retried on its other (dead) workers, nor told to read
+    an input from its (dead) store: they wait for the input's recomputation."""
+    sim = Sim()
+    sim.do("handle_add_node", "n1", {"CPU": 2}, "127.0.0.1", "tcp://store1")
+    sim.worker("w1a", "n1")
+    sim.worker("w1b", "n1")
+    sim.submit([spec("x"), spec("y", ["x"])], wants=["y"])
+    worker, run_id = sim.runs["x"]
+    out = sim.do("handle_task_finished", worker, "x", run_id, BIG, None, 0.5, True)
+    (compute,) = msgs(out, "compute")
+    assert compute["deps"] == {"x": ["store"]}
+    assert sim.where("y") in ("w1a", "w1b")
+    sim.do("handle_add_node", "n2", {"CPU": 1}, "127.0.0.1", "tcp://store2")
+    sim.worker("w2", "n2")
+    out = sim.do("handle_remove_node", "n1")
+    assert set(sim.state.workers) == {"w2"}
+    # x went with n1's store and y needs it: recomputed first; y waits for it
+    assert computed(out) == [("w2", "x")]
+    assert sim.status("y") == "waiting"
+    assert sim.state.tasks["y"].retries == 2  # one retry for one death
+    worker, run_id = sim.runs["x"]
+    out = sim.do("handle_task_finished", worker, "x", run_id, BIG, None, 0.5, True)
+    (compute,) = msgs(out, "compute")
+    assert (sim.where("y"), compute["deps"]) == ("w2", {"x": ["store"]})
+
+
 # ------------------------------------------------------------------------------ put
 
 

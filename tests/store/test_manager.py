@@ -79,6 +79,23 @@ def test_write_seal_lease_release(store: Store) -> None:
         m.lease("r", "missing")
 
 
+def test_allocate_with_replace_writes_over_a_sealed_object_only(store: Store) -> None:
+    """A retried task writes over what a run whose worker died unreported left sealed."""
+    m = store.m
+    old = m.allocate("dead", "a", 100)
+    m.seal("dead", "a", [100])
+    first = m.lease("r", "a")
+    new = m.allocate("w", "a", 200, replace=True)
+    assert new != old and m.info("a") == (200, "writing")
+    m.seal("w", "a", [200])
+    assert m.lease("r2", "a") == (new, [200])
+    m.release("r", "a", offset=first[0])  # the old copy goes with its last reader
+    assert m.stats()["num_objects"] == 1
+    m.allocate("w", "b", 10)
+    with pytest.raises(ValueError, match="already"):  # never over a write in progress
+        m.allocate("w2", "b", 10, replace=True)
+
+
 def test_seal_checks_lengths_and_transitions(store: Store) -> None:
     m = store.m
     m.allocate("w", "a", 100)
