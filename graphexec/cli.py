@@ -1,8 +1,8 @@
 """The ``graphexec`` command (also ``python -m graphexec``).
 
-Subcommands now: ``demo`` (the end-to-end showcase behind ``make demo``) and ``bench``
-(the benchmark suite). Cluster commands (``start``, ``stop``, ``status``, ``submit``)
-arrive with the multi-node work (issue 5).
+Subcommands: ``demo`` (the end-to-end showcase behind ``make demo``), ``bench`` (the
+benchmark suite), and the cluster commands ``start``, ``stop``, ``status``, ``submit`` and
+``job`` (``graphexec/cluster_cli.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import runpy
 import sys
 import time
 from types import ModuleType
+
+from graphexec.cluster_cli import add_cluster_commands, run
 
 __all__ = ["main"]
 
@@ -93,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p_bench = sub.add_parser("bench", help="run the benchmark suite")
     p_bench.add_argument("rest", nargs=argparse.REMAINDER)
     p_bench.set_defaults(func=bench)
+    add_cluster_commands(sub)
     args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    if args.command in ("demo", "bench"):
+        result: int = args.func(args)
+        return result
+    return run(args.func, args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from graphexec._context import current_client, set_current_client
+from graphexec.client import cluster_dir
 from graphexec.client.client import Client
 from graphexec.client.refs import ObjectRef
 from graphexec.client.remote import RemoteFunction
@@ -128,6 +129,8 @@ def init(address: str | None = None, **kwargs: Any) -> RuntimeContext:
             )
         cluster = None
         token = os.environ.get("GRAPHEXEC_TOKEN", "")
+        if address is None and os.environ.get("GRAPHEXEC_ADDRESS"):
+            address = "auto"  # as Ray does with RAY_ADDRESS: jobs join their cluster
         if address is None:
             resources = dict(kwargs.get("resources") or {})
             cluster = LocalCluster.start(
@@ -141,10 +144,12 @@ def init(address: str | None = None, **kwargs: Any) -> RuntimeContext:
             address, token = cluster.address, cluster.token
         else:
             address = _resolve_address(address)
+            token = token or cluster_dir.token_for(address)
             if not token:
                 raise ValueError(
-                    "connecting to a running cluster needs its token: set the "
-                    "GRAPHEXEC_TOKEN environment variable"
+                    f"connecting to the cluster at {address} needs its token: set "
+                    "GRAPHEXEC_TOKEN (the head's `graphexec start` printed where the "
+                    "token file is)"
                 )
         client = Client(address, token=token, eager=bool(kwargs.get("eager", False)))
         namespace = kwargs.get("namespace")
@@ -178,12 +183,18 @@ def init(address: str | None = None, **kwargs: Any) -> RuntimeContext:
 
 
 def _resolve_address(address: str) -> str:
+    if not isinstance(address, str) or not address:
+        raise ValueError(f"address must be 'host:port' or 'auto', got {address!r}")
     if address == "auto":
         address = os.environ.get("GRAPHEXEC_ADDRESS", "")
         if not address:
+            head = cluster_dir.local_head()
+            address = head["address"] if head is not None else ""
+        if not address:
             raise ConnectionError(
-                "init(address='auto') found no running cluster: set "
-                "GRAPHEXEC_ADDRESS, or call init() to start a local one"
+                "init(address='auto') found no running cluster: start one with "
+                "`graphexec start --head`, set GRAPHEXEC_ADDRESS, or call init() to "
+                "start a local one"
             )
     return address if "://" in address else f"tcp://{address}"
 

@@ -33,6 +33,7 @@ from graphexec.client.refs import LazyRef, ObjectRef
 from graphexec.comm import connect
 from graphexec.comm.batched import BatchedSend, ConnectionPool, split_frames
 from graphexec.comm.core import Comm
+from graphexec.comm.heartbeat import heartbeat_interval, heartbeat_timeout
 from graphexec.comm.rpc import RemoteError
 from graphexec.errors import CommClosedError, GetTimeoutError, SchedulerLostError
 from graphexec.graph.keys import key_name
@@ -125,6 +126,9 @@ class Client:
         self._comm: Comm | None = None
         self._batched: BatchedSend | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        #: when the scheduler was last heard from (monotonic)
+        self._last_heard = time.monotonic()
         self._pool = ConnectionPool(token)
         #: this machine's node store, when the client runs on a node of the cluster;
         #: attached on first use (large put/get), so init() does not pay for it
@@ -169,7 +173,9 @@ class Client:
         self._comm = await connect(self.scheduler_address, token=self.token)
         self._batched = BatchedSend(self._comm)
         self._batched.send({"op": "register-client", "client": self.id})
+        self._last_heard = time.monotonic()
         self._reader = asyncio.ensure_future(self._read())
+        self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
 
     def close(self, timeout: float = 5.0) -> None:
         if self._closed:
@@ -189,10 +195,11 @@ class Client:
             await self._batched.close(timeout=1.0)
         if self._comm is not None:
             await self._comm.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader
+        for task in (self._reader, self._heartbeat_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         await self._pool.close()
         if self._store is not None:
             await self._store.close()
@@ -565,14 +572,41 @@ class Client:
         try:
             while True:
                 ops, _frames = await self._comm.read()
+                self._last_heard = time.monotonic()
                 self._handle_batch(ops)
         except CommClosedError as err:
-            if not self._closed:
+            if not self._closed and self._lost is None:
                 self._fail_all(
                     SchedulerLostError(
                         f"lost the connection to the scheduler at {self.scheduler_address}: {err}"
                     )
                 )
+
+    async def _heartbeat(self) -> None:
+        """Keep the scheduler talking; silence past the timeout means it is lost."""
+        interval, timeout = heartbeat_interval(), heartbeat_timeout()
+        checked = time.monotonic()
+        while not self._closed and self._lost is None:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if now - checked > max(3 * interval, timeout / 2):
+                self._last_heard = now  # this loop itself stalled: the silence was ours
+            checked = now
+            silent = now - self._last_heard
+            if silent > timeout:
+                self._fail_all(
+                    SchedulerLostError(
+                        f"the scheduler at {self.scheduler_address} has not answered for "
+                        f"{silent:.0f} s (GRAPHEXEC_HEARTBEAT_TIMEOUT={timeout:g}): it is "
+                        "frozen, unreachable or gone"
+                    )
+                )
+                if self._comm is not None:
+                    self._comm.abort()
+                return
+            if silent >= interval and self._batched is not None:
+                with contextlib.suppress(CommClosedError):
+                    self._batched.send({"op": "sync", "rid": -1})  # answered, then ignored
 
     def _handle_batch(self, ops: list[dict[str, Any]]) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from graphexec.comm.core import Comm
-from graphexec.errors import CommClosedError
+from graphexec.errors import CommClosedError, ProtocolError
 
 __all__ = ["BatchedSend", "ConnectionPool", "split_frames"]
 
@@ -38,13 +38,26 @@ def split_frames(
 ) -> list[tuple[dict[str, Any], list[Frame]]]:
     """Pair each op of a batch with its own frames (ops declare ``nframes``).
 
+    Raises ``ProtocolError`` if the batch is malformed (not a list of op dicts, or an
+    ``nframes`` that is not a count): the peer broke the protocol, drop its connection.
+
     >>> split_frames([{"op": "a", "nframes": 2}, {"op": "b"}], [b"x", b"y"])
     [({'op': 'a', 'nframes': 2}, [b'x', b'y']), ({'op': 'b'}, [])]
+    >>> split_frames({"op": "a"}, [])
+    Traceback (most recent call last):
+    ...
+    graphexec.errors.ProtocolError: malformed batch: expected a list of ops, got dict
     """
+    if not isinstance(ops, list):
+        raise ProtocolError(f"malformed batch: expected a list of ops, got {type(ops).__name__}")
     out = []
     i = 0
     for op in ops:
-        n = op.get("nframes", 0) if isinstance(op, dict) else 0
+        if not isinstance(op, dict):
+            raise ProtocolError(f"malformed batch: an op is a {type(op).__name__}, not a dict")
+        n = op.get("nframes", 0)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ProtocolError(f"malformed batch: op {op.get('op')!r} has nframes={n!r}")
         out.append((op, list(frames[i : i + n])))
         i += n
     return out

@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 READ_CHUNK_BYTES = 256 * 1024
+#: the most one ``recv`` asks for: ``recv(n)`` allocates ``n`` bytes up front, and ``n``
+#: is what the peer announced (up to 10,000 frames of 2 GiB), not what it sent
+MAX_RECV_BYTES = 16 * 1024 * 1024
 
 
 class _Now:
@@ -209,7 +212,7 @@ class BlockingComm:
                 return []
             try:
                 if self._need > READ_CHUNK_BYTES:  # the rest of a large message: one piece
-                    data: bytes | memoryview = self.sock.recv(self._need)
+                    data: bytes | memoryview = self.sock.recv(min(self._need, MAX_RECV_BYTES))
                 else:  # into a buffer kept for this: no large allocation per read
                     if self._chunk is None:
                         self._chunk = memoryview(bytearray(READ_CHUNK_BYTES))

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, default=None, help="adopt this listening socket")
     parser.add_argument("--owner-pid", type=int, default=None, help="exit when this process exits")
     parser.add_argument("--validate", action="store_true")
+    parser.add_argument("--log-dir", default=None, help="where job logs go (jobs/<id>.log)")
     args = parser.parse_args(argv)
     if args.owner_pid:
         die_with_parent(args.owner_pid)
@@ -29,7 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     if not token:
         parser.error("GRAPHEXEC_TOKEN must be set")
     sock = socket.socket(fileno=args.fd) if args.fd is not None else None
-    scheduler = Scheduler(token=token, address=args.address, sock=sock, validate=args.validate)
+    scheduler = Scheduler(
+        token=token, address=args.address, sock=sock, validate=args.validate, log_dir=args.log_dir
+    )
     run_server(scheduler.start, scheduler.close, scheduler.finished.wait, owner_pid=args.owner_pid)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -27,7 +28,9 @@ from typing import Any
 from graphexec.comm import listen
 from graphexec.comm.batched import BatchedSend, split_frames
 from graphexec.comm.core import Comm, Listener
-from graphexec.errors import CommClosedError
+from graphexec.comm.heartbeat import Silence
+from graphexec.errors import CommClosedError, ProtocolError
+from graphexec.scheduler.jobs import JobManager
 from graphexec.scheduler.state import SchedulerState, Send
 
 __all__ = ["Scheduler"]
@@ -35,6 +38,14 @@ __all__ = ["Scheduler"]
 logger = logging.getLogger("graphexec.scheduler")
 
 Handler = Callable[[str, dict[str, Any], list[Any]], list[Send]]
+
+
+def _ignore(peer: str, op: dict[str, Any], frames: list[Any]) -> list[Send]:
+    return []  # ``heartbeat``: being heard is all it is for (``_silence``)
+
+
+#: the first op of every connection: who is calling
+_REGISTRATIONS = {"register-client": "client", "register-worker": "worker", "register-node": "node"}
 
 
 class Scheduler:
@@ -47,9 +58,12 @@ class Scheduler:
         address: str = "tcp://127.0.0.1:0",
         sock: socket.socket | None = None,
         validate: bool = False,
+        log_dir: str | None = None,
     ) -> None:
         self.token = token
         self.state = SchedulerState(validate=validate)
+        #: driver programs run on the head (``graphexec submit``)
+        self.jobs = JobManager(log_dir)
         self._address = address
         self._sock = sock
         self._listener: Listener | None = None
@@ -83,6 +97,11 @@ class Scheduler:
                 op["actor"], bool(op.get("no_restart", True))
             ),
             "sync": self.handle_sync,
+            "job-submit": self.handle_job,
+            "job-status": self.handle_job,
+            "job-logs": self.handle_job,
+            "job-stop": self.handle_job,
+            "job-list": self.handle_job,
         }
         self._worker_handlers: dict[str, Handler] = {
             "task-finished": lambda wid, op, _: self.state.handle_task_finished(
@@ -112,21 +131,50 @@ class Scheduler:
                 self.state.workers[wid], op["actor"], op["exception"]
             ),
         }
-        self._node_handlers: dict[str, Handler] = {}
+        self._worker_handlers["heartbeat"] = _ignore
+        self._node_handlers: dict[str, Handler] = {"heartbeat": _ignore}
+        #: when each peer was last heard from: silent ones are dropped (``_sweep``)
+        self._silence = Silence()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._listener = await listen(
             self._address, self._handle_comm, token=self.token, sock=self._sock
         )
         self.address = self._listener.address
+        self._sweeper = asyncio.ensure_future(self._sweep())
         logger.info("scheduler listening at %s", self.address)
+
+    async def _sweep(self) -> None:
+        """Drop peers silent past the heartbeat timeout (a frozen or cut-off process).
+
+        Their connection is aborted, so the usual disconnect path runs: a worker's tasks
+        are retried, a node's lost objects recomputed, a client's work released.
+        """
+        while not self._closing:
+            await asyncio.sleep(self._silence.interval)
+            for role in self._silence.overdue():
+                batched = self._peers.get(role)
+                self._silence.forget(role)
+                if batched is not None:
+                    logger.warning(
+                        "no word from %s %s for %.0f s: dropping it",
+                        role[0],
+                        role[1],
+                        self._silence.timeout,
+                    )
+                    batched.comm.abort()
 
     async def close(self) -> None:
         if self._closing:
             return
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._listener is not None:
             self._listener.stop()
+        if self.jobs.jobs:
+            await asyncio.get_running_loop().run_in_executor(None, self.jobs.close)
         for (kind, _), batched in list(self._peers.items()):
             if kind == "node":
                 with contextlib.suppress(CommClosedError):
@@ -147,12 +195,8 @@ class Scheduler:
             first = ops[0] if isinstance(ops, list) and ops else {}
             role = self._register(comm, first)
             if role is None:
-                logger.warning(
-                    "dropping %s: first op %r is not a registration",
-                    comm.peer,
-                    first.get("op") if isinstance(first, dict) else first,
-                )
-                return
+                return  # _register said why
+            self._silence.heard(role)
             handlers = {
                 "client": self._client_handlers,
                 "worker": self._worker_handlers,
@@ -165,14 +209,19 @@ class Scheduler:
                 if self.state.validate:
                     self.state.validate_state()
                 ops, frames = await comm.read()
+                self._silence.heard(role)
                 pairs = split_frames(ops, frames)
         except CommClosedError:
             pass
+        except ProtocolError as err:  # a broken message: drop this peer, nobody else
+            logger.warning("dropping %s: %s", comm.peer, err)
         except Exception:
             logger.exception("error handling %s; dropping the connection", comm.peer)
         finally:
             self._comms.discard(comm)
             comm.abort()
+            if role is not None:
+                self._silence.forget(role)
             if role is not None and not self._closing:
                 self._unregister(role)
 
@@ -196,38 +245,51 @@ class Scheduler:
                 self._reply(role, op, error=f"bad {name!r} request: {err!r}")
 
     def _register(self, comm: Comm, op: dict[str, Any]) -> tuple[str, str] | None:
+        """The connection's role, registered; None (logged) if ``op`` is not a valid
+        registration. Every field is checked before the state changes, and a failure
+        half-way undoes the registration, so a bad peer leaves nothing behind."""
         name = op.get("op") if isinstance(op, dict) else None
-        if name == "register-client":
-            role = ("client", str(op["client"]))
-            self._execute(self.state.handle_client_connected(role[1]))
-        elif name == "register-worker":
-            role = ("worker", str(op["worker"]))
-        elif name == "register-node":
-            role = ("node", str(op["node"]))
-        else:
+        kind = _REGISTRATIONS.get(name) if isinstance(name, str) else None
+        if kind is None:
+            logger.warning(
+                "dropping %s: first op %r is not a registration",
+                comm.peer,
+                name if isinstance(op, dict) else op,
+            )
             return None
+        problem = _registration_problem(kind, op)
+        if problem:
+            logger.warning("dropping %s: malformed %r: %s", comm.peer, name, problem)
+            return None
+        role = (kind, op[kind])
         self._peers[role] = BatchedSend(comm)
-        if role[0] == "worker":
-            self._execute(
-                self.state.handle_add_worker(
-                    role[1],
-                    op["address"],
-                    op["node"],
-                    float(op.get("cpus", 1.0)),
-                    int(op.get("pid", 0)),
-                    str(op.get("actor", "")),
+        try:
+            if kind == "client":
+                self._execute(self.state.handle_client_connected(role[1]))
+            elif kind == "worker":
+                self._execute(
+                    self.state.handle_add_worker(
+                        role[1],
+                        op["address"],
+                        op["node"],
+                        float(op.get("cpus", 1.0)),
+                        op.get("pid", 0),
+                        op.get("actor", ""),
+                    )
                 )
-            )
-        elif role[0] == "node":
-            self._execute(
-                self.state.handle_add_node(
-                    role[1],
-                    op["resources"],
-                    op.get("host", "127.0.0.1"),
-                    op.get("store_address", ""),
+            else:
+                self._execute(
+                    self.state.handle_add_node(
+                        role[1],
+                        {k: float(v) for k, v in op["resources"].items()},
+                        op.get("host", "127.0.0.1"),
+                        op.get("store_address", ""),
+                    )
                 )
-            )
-            self.state.nodes[role[1]].pid = int(op.get("pid", 0))
+                self.state.nodes[role[1]].pid = op.get("pid", 0)
+        except BaseException:
+            self._unregister(role)
+            raise
         if "rid" in op:
             self._reply(role, op, result={"scheduler": self.address})
         return role
@@ -339,6 +401,34 @@ class Scheduler:
         self._reply(("client", cid), op, result=True)
         return []
 
+    def handle_job(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
+        """``job-*`` requests (``graphexec submit`` / ``graphexec job``): answer or error."""
+        jobs = self.jobs
+        name = op["op"]
+        try:
+            if name == "job-submit":
+                result: Any = jobs.submit(
+                    op.get("entrypoint"),
+                    address=self.address,
+                    token=self.token,
+                    job_id=op.get("job_id"),
+                    cwd=op.get("cwd"),
+                    env=op.get("env"),
+                )
+            elif name == "job-status":
+                result = jobs.status(op.get("job_id"))
+            elif name == "job-logs":
+                result = jobs.logs(op.get("job_id"), op.get("offset", 0))
+            elif name == "job-stop":
+                result = jobs.stop(op.get("job_id"))
+            else:
+                result = jobs.list()
+        except (ValueError, OSError) as err:
+            self._reply(("client", cid), op, error=str(err))
+            return []
+        self._reply(("client", cid), op, result=result)
+        return []
+
     def handle_explain_pending(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
         self._reply(("client", cid), op, result=self.state.explain_pending(op["keys"]))
         return []
@@ -352,3 +442,45 @@ class Scheduler:
     async def _close_soon(self) -> None:
         await asyncio.sleep(0.01)  # let the reply go out first
         await self.close()
+
+
+def _registration_problem(kind: str, op: dict[str, Any]) -> str:
+    """What is wrong with a ``register-<kind>`` op ('' if nothing).
+
+    >>> _registration_problem("node", {"node": "n", "resources": {"CPU": "2"}})
+    "'resources' must map names to finite numbers >= 0"
+    """
+    if not isinstance(op.get(kind), str) or not op[kind]:
+        return f"{kind!r} must be a non-empty string"
+    names = {
+        "client": (),
+        "worker": ("address", "node", "actor"),
+        "node": ("host", "store_address"),
+    }[kind]
+    for name in names:
+        if not isinstance(op.get(name, ""), str):
+            return f"{name!r} must be a string"
+    if kind == "worker" and not (op.get("address") and op.get("node")):
+        return "'address' and 'node' are required"
+    pid = op.get("pid", 0)
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return "'pid' must be an integer"
+    if kind == "worker" and not _is_amount(op.get("cpus", 1.0)):
+        return "'cpus' must be a finite number >= 0"
+    if kind == "node":
+        resources = op.get("resources")
+        if not isinstance(resources, dict) or not all(
+            isinstance(k, str) and _is_amount(v) for k, v in resources.items()
+        ):
+            return "'resources' must map names to finite numbers >= 0"
+    return ""
+
+
+def _is_amount(value: Any) -> bool:
+    """A finite number >= 0 (not a bool)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )

@@ -63,6 +63,7 @@ __all__ = [
     "new_processes",
     "new_shm_entries",
     "new_threads",
+    "reap_adopted",
     "remove_paths",
     "shm_in_use_elsewhere",
     "shm_snapshot",
@@ -279,6 +280,31 @@ def _reap_adopted(procs: Iterable[psutil.Process]) -> None:
 
     # A dead process reparents only once its own parent is gone too: allow a moment.
     wait_until(reap_what_reparented, timeout=0.5)
+
+
+def reap_adopted(procs: Iterable[psutil.Process], timeout: float = 10.0) -> None:
+    """Wait for ``procs`` to exit, then collect those reparented onto this process.
+
+    For tests that stop daemons they did not start as children (``graphexec start``
+    detaches them; as a subreaper this process adopts them): their zombies would
+    otherwise stay among this process's children.
+    """
+    me = os.getpid()
+    pending = list(procs)
+    wait_for_exit(pending, timeout)
+
+    def settled() -> bool:
+        for proc in list(pending):
+            ppid = _ppid(proc)
+            if ppid == me:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(proc.pid, os.WNOHANG)
+            if ppid == me or ppid is None:  # reaped by us, or gone for good
+                pending.remove(proc)
+        return not pending
+
+    # a zombie whose parent died is reparented onto us a moment later: wait for that
+    wait_until(settled, timeout)
 
 
 def describe_process(proc: psutil.Process) -> str:

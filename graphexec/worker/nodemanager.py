@@ -30,6 +30,7 @@ import psutil
 from graphexec.comm import connect, listen
 from graphexec.comm.batched import BatchedSend
 from graphexec.comm.core import Comm, Listener
+from graphexec.comm.heartbeat import send_heartbeats
 from graphexec.errors import CommClosedError
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class NodeManager:
         self.standby: list[subprocess.Popen[bytes]] = []
         self._comm: Comm | None = None
         self._batched: BatchedSend | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
@@ -151,6 +153,7 @@ class NodeManager:
         )
         self._reader = asyncio.ensure_future(self._read())
         self._monitor = asyncio.ensure_future(self._supervise())
+        self._heartbeat = asyncio.ensure_future(send_heartbeats(self._batched))
 
     def _start_actor(self, worker_id: str, actor_id: str) -> None:
         """Hand the actor to a standby process if one is ready, else start one."""
@@ -256,7 +259,7 @@ class NodeManager:
         if self._closing:
             return
         self._closing = True
-        for task in (self._monitor, self._reader):
+        for task in (self._monitor, self._reader, self._heartbeat):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
                 with contextlib.suppress(BaseException):

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 from graphexec.comm import connect, listen
 from graphexec.comm.batched import BatchedSend, ConnectionPool, split_frames
 from graphexec.comm.core import Comm, Listener
+from graphexec.comm.heartbeat import send_heartbeats
 from graphexec.comm.rpc import RemoteError
-from graphexec.errors import CommClosedError
+from graphexec.errors import CommClosedError, ProtocolError
 from graphexec.protocol import serialize as ser
 from graphexec.worker.execute import run_task
 from graphexec.worker.executor import ExecItem, Executor
@@ -87,6 +88,7 @@ class Worker:
         self._listener: Listener | None = None
         self._comm: Comm | None = None
         self._batched: BatchedSend | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._pool = ConnectionPool(token)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = Executor(
@@ -131,6 +133,7 @@ class Worker:
             }
         )
         self._reader = asyncio.ensure_future(self._read_scheduler(self._comm))
+        self._heartbeat = asyncio.ensure_future(send_heartbeats(self._batched))
 
     # ------------------------------------------------------------------ the node's store
 
@@ -169,6 +172,8 @@ class Worker:
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close_async()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         if self._batched is not None:
             await self._batched.close()
         if self._comm is not None:
@@ -414,16 +419,20 @@ class Worker:
 
     async def _handle_peer(self, comm: Comm) -> None:
         try:
-            ops, _ = await comm.read()
+            ops, frames = await comm.read()
             while True:
                 reply: list[dict[str, Any]] = []
                 out_frames: list[Any] = []
-                for op in ops:
+                for op, _ in split_frames(ops, frames):
                     if op.get("op") != "get-data":
                         reply.append({"op": "error", "message": f"unknown op {op.get('op')!r}"})
                         continue
-                    for key in op.get("keys", []):
-                        if key in self.storage:
+                    keys = op.get("keys", [])
+                    if not isinstance(keys, list):
+                        reply.append({"op": "error", "message": "get-data needs a list of keys"})
+                        continue
+                    for key in keys:
+                        if isinstance(key, str) and key in self.storage:
                             data = list(self.storage.get_frames(key))
                             reply.append(
                                 {"op": "data", "key": key, "status": "ok", "nframes": len(data)}
@@ -432,6 +441,8 @@ class Worker:
                         else:
                             reply.append({"op": "data", "key": key, "status": "missing"})
                 await comm.write(reply, out_frames)
-                ops, _ = await comm.read()
+                ops, frames = await comm.read()
         except CommClosedError:
             pass
+        except ProtocolError as err:  # a broken message: drop this peer, nobody else
+            logger.warning("worker %s: dropping %s: %s", self.id, comm.peer, err)
