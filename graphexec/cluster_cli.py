@@ -35,6 +35,7 @@ from graphexec.client.cluster_dir import (
     read_json,
     read_token,
     token_for,
+    use_head_tls,
     write_json,
     write_token,
 )
@@ -121,6 +122,7 @@ def _resolve_address(args: argparse.Namespace) -> str:
                 "start a head on this machine with `graphexec start --head`"
             )
         address = head["address"]
+        use_head_tls(head)
     return address.removeprefix("tcp://")
 
 
@@ -196,10 +198,27 @@ def _node_args(args: argparse.Namespace, address: str, host: str, node_id: str) 
 def start(args: argparse.Namespace) -> int:
     if args.head == bool(args.address):
         raise CommandError("use either --head (start a cluster) or --address HOST:PORT (join one)")
-    return _start_head(args) if args.head else _join(args)
+    tls = _tls_settings(args)
+    os.environ.update(tls)  # for the processes started here, and this command's client
+    if tls:
+        from graphexec.comm.tls import server_context
+
+        server_context()  # unreadable files: a clear error now, not in a daemon's log
+    return _start_head(args, tls) if args.head else _join(args)
 
 
-def _start_head(args: argparse.Namespace) -> int:
+def _tls_settings(args: argparse.Namespace) -> dict[str, str]:
+    given = {"GRAPHEXEC_TLS_CERT": args.tls_cert, "GRAPHEXEC_TLS_KEY": args.tls_key}
+    if args.tls_ca:
+        given["GRAPHEXEC_TLS_CA"] = args.tls_ca
+    if not any(given.values()):
+        return {}
+    if not (args.tls_cert and args.tls_key):
+        raise CommandError("TLS needs both --tls-cert and --tls-key (and --tls-ca to verify peers)")
+    return {k: os.path.abspath(v) for k, v in given.items() if v}
+
+
+def _start_head(args: argparse.Namespace, tls: dict[str, str]) -> int:
     home = cluster_dir(create=True)
     head = local_head()
     if head is not None:
@@ -256,6 +275,7 @@ def _start_head(args: argparse.Namespace) -> int:
                 "node": {**_record(procs[1]), "node_id": node_id},
                 "log_dir": logs,
                 "started": time.time(),
+                "tls": tls,
             },
         )
         args.address, args.token_file = address, token_path
@@ -537,6 +557,9 @@ def add_cluster_commands(sub: Any) -> None:
     p.add_argument("--num-gpus", type=float, default=None)
     p.add_argument("--resources", type=_resources, default={}, help='JSON: {"disk": 2}')
     p.add_argument("--object-store-memory", type=int, default=None, help="bytes")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate: TLS on every connection")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    p.add_argument("--tls-ca", default=None, help="PEM CA that must have signed every peer")
     p.set_defaults(func=start)
 
     p = sub.add_parser("stop", help="stop the graphexec processes this machine started")

@@ -190,6 +190,8 @@ def _resolve_address(address: str) -> str:
         if not address:
             head = cluster_dir.local_head()
             address = head["address"] if head is not None else ""
+            if head is not None:
+                cluster_dir.use_head_tls(head)
         if not address:
             raise ConnectionError(
                 "init(address='auto') found no running cluster: start one with "

@@ -26,6 +26,7 @@ __all__ = [
     "local_head",
     "pid_alive",
     "read_token",
+    "use_head_tls",
     "write_json",
     "write_token",
 ]
@@ -121,3 +122,11 @@ def _norm(address: str) -> str:
     if host in ("localhost", "0.0.0.0", ""):
         host = "127.0.0.1"
     return f"{host}:{port}"
+
+
+def use_head_tls(head: dict[str, Any]) -> None:
+    """Connect to this machine's head with the TLS settings it was started with, unless
+    ``GRAPHEXEC_TLS_*`` are set already."""
+    tls = head.get("tls") or {}
+    if isinstance(tls, dict) and tls and not os.environ.get("GRAPHEXEC_TLS_CERT"):
+        os.environ.update({str(k): str(v) for k, v in tls.items()})

@@ -20,6 +20,7 @@ import contextlib
 import math
 import select
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Generator, Sequence
@@ -33,6 +34,7 @@ from graphexec.comm.auth import (
     server_handshake,
 )
 from graphexec.comm.core import Frame
+from graphexec.comm.tls import client_context, server_context
 from graphexec.errors import CommClosedError, ProtocolError
 from graphexec.protocol.wire import dumps_header, loads_header
 
@@ -91,14 +93,25 @@ def _drive(coro: Any) -> None:
     raise RuntimeError("the handshake suspended on a blocking socket")  # pragma: no cover
 
 
-def serve_handshake(sock: socket.socket, token: bytes | str) -> None:
-    """Server side of the handshake on an accepted socket (bounded by the timeout)."""
+def serve_handshake(sock: socket.socket, token: bytes | str) -> socket.socket:
+    """Server side of the handshake on an accepted socket (bounded by the timeout).
+
+    Returns the socket to use from then on: the same one, or its TLS wrapper when TLS
+    is on (``comm/tls.py``; TCP only).
+    """
     sock.settimeout(HANDSHAKE_TIMEOUT)
     try:
+        context = server_context() if sock.family != socket.AF_UNIX else None
+        if context is not None:
+            sock = context.wrap_socket(sock, server_side=True)
         _drive(server_handshake(_SocketStream(sock), normalize_token(token)))
-    except (TimeoutError, OSError) as err:
-        raise ProtocolError(f"handshake failed: {err}") from err
+    except BaseException as err:
+        sock.close()  # the TLS wrapper owns the descriptor once made
+        if isinstance(err, (TimeoutError, OSError)):  # ssl.SSLError is an OSError
+            raise ProtocolError(f"handshake failed: {err}") from err
+        raise
     sock.settimeout(None)
+    return sock
 
 
 def blocking_connect(address: str, token: bytes | str, timeout: float = 10.0) -> BlockingComm:
@@ -118,6 +131,9 @@ def blocking_connect(address: str, token: bytes | str, timeout: float = 10.0) ->
     try:
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            context = client_context()
+            if context is not None:
+                sock = context.wrap_socket(sock)
         try:
             _drive(client_handshake(_SocketStream(sock), normalize_token(token)))
         except CommClosedError as err:
@@ -224,6 +240,8 @@ class BlockingComm:
             self._buf += data
 
     def _readable(self, timeout: float) -> bool:
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True  # decrypted bytes already buffered: the fd may not be readable
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(self.sock, select.POLLIN)

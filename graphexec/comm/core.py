@@ -309,6 +309,7 @@ async def connect(
             str(port_or_name), token=token, timeout=timeout, max_frame_bytes=max_frame_bytes
         )
     from graphexec.comm.tcp import connect as tcp_connect
+    from graphexec.comm.tls import client_context
 
     assert isinstance(port_or_name, int)
     return await tcp_connect(
@@ -316,7 +317,7 @@ async def connect(
         port_or_name,
         token=token,
         timeout=timeout,
-        ssl_context=ssl_context,
+        ssl_context=ssl_context or client_context(),
         max_frame_bytes=max_frame_bytes,
     )
 
@@ -352,6 +353,7 @@ async def listen(
             str(port_or_name), handler, token=token, max_frame_bytes=max_frame_bytes
         )
     from graphexec.comm.tcp import listen as tcp_listen
+    from graphexec.comm.tls import server_context
 
     assert isinstance(port_or_name, int)
     return await tcp_listen(
@@ -360,7 +362,7 @@ async def listen(
         handler,
         token=token,
         sock=sock,
-        ssl_context=ssl_context,
+        ssl_context=ssl_context or server_context(),
         max_frame_bytes=max_frame_bytes,
         handshake_timeout=handshake_timeout,
     )

@@ -264,7 +264,7 @@ class ActorRuntime:
     def _serve(self, sock: socket.socket, peer: str) -> None:
         """One caller's connection: read calls, run (or dispatch) them, answer."""
         try:
-            serve_handshake(sock, self.worker.token)
+            sock = serve_handshake(sock, self.worker.token)
         except (ProtocolError, CommClosedError, OSError) as err:
             logger.warning("actor %s: dropping %s: %s", self.actor_id, peer, err)
             sock.close()

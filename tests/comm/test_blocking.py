@@ -51,7 +51,7 @@ class EchoServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            serve_handshake(conn, TOKEN)
+            conn = serve_handshake(conn, TOKEN)
             comm = BlockingComm(conn)
             while True:
                 for header, frames in comm.read_batch():

@@ -385,7 +385,7 @@ def test_blocking_reader_does_not_allocate_announced_sizes(nframes: int) -> None
     def serve() -> None:
         sock, _ = listener.accept()
         try:
-            serve_handshake(sock, "token")
+            sock = serve_handshake(sock, "token")
             BlockingComm(sock).read_batch(timeout=IO_TIMEOUT)
         except BaseException as err:  # what the reader raised is the verdict
             outcome.append(err)
