@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from graphexec import errors
 from graphexec._context import notify_blocked
 from graphexec.client.refs import LazyRef, ObjectRef
-from graphexec.comm import connect
+from graphexec.comm import connect, framing
 from graphexec.comm.batched import BatchedSend, ConnectionPool, split_frames
 from graphexec.comm.core import Comm
 from graphexec.comm.heartbeat import heartbeat_interval, heartbeat_timeout
@@ -288,24 +288,33 @@ class Client:
             self._want(external)
         if not graph:
             return
-        for key in publish:  # before the graph, on the same connection: in order
-            owner = self.owned.get(key)
-            if owner is not None:
-                owner.publish([key])
         # keys this process still references once the graph's own lazy refs are gone
         consumed = collections.Counter(ref.key for ref in lazy)
         with self._lock:
             wants = [k for k in graph if self._counts.get(k, 0) - consumed[k] > 0]
+            created = [k for k in wants if k not in self._results]
             self._submitted.update(wants)
             for key in wants:
                 self._results.setdefault(key, _KeyResult())
         optimized, priorities = optimize(graph, wants)
         tasks = [self._encode(node, priorities.get(key, 0)) for key, node in optimized.items()]
-        functions = {}
-        for fid, blob in self.functions.blobs.items():
-            if fid not in self._sent_functions:
-                functions[fid] = blob
-                self._sent_functions.add(fid)
+        functions = {
+            fid: blob
+            for fid, blob in self.functions.blobs.items()
+            if fid not in self._sent_functions
+        }
+        problem = _graph_size_problem(tasks, functions)
+        if problem:  # as if never submitted: the refs stay lazy, to submit in parts
+            with self._lock:
+                self._submitted.difference_update(wants)
+                for key in created:
+                    self._results.pop(key, None)
+            raise ValueError(problem)
+        self._sent_functions.update(functions)
+        for key in publish:  # before the graph, on the same connection: in order
+            owner = self.owned.get(key)
+            if owner is not None:
+                owner.publish([key])
         self._send({"op": "update-graph", "tasks": tasks, "wants": wants, "functions": functions})
         # only now: releases these cause must reach the scheduler after the graph does
         for lazy_ref in lazy:
@@ -424,6 +433,18 @@ class Client:
                 result.store_nodes = [[store.node_id, store.address]]
             self._send({"op": "put", "key": key, "node": store.node_id, "nbytes": nbytes})
             return ref
+        # over the connection: every frame must fit in a message
+        if len(frames) >= framing.MAX_FRAMES:  # too many buffers: pickle them in-band
+            frames = [ser.serialize_small(value)]
+        largest = max(memoryview(f).nbytes for f in frames)
+        if largest > framing.MAX_FRAME_BYTES:
+            raise ValueError(
+                f"cannot put this {type(value).__name__}: it holds a buffer of {largest} "
+                f"bytes, and one message frame holds at most {framing.MAX_FRAME_BYTES} "
+                "(graphexec.comm.framing.MAX_FRAME_BYTES). Put it in smaller pieces (for "
+                "example one put per numpy.array_split chunk), or run this driver on a "
+                "node of the cluster, where put writes to the node's object store"
+            )
         ref = ObjectRef(key, None, self)
         with self._lock:
             self._submitted.add(key)
@@ -432,7 +453,15 @@ class Client:
                 result.status = "memory"
                 result.inline = [bytes(f) for f in frames]
                 result.nbytes = nbytes
-        self._send({"op": "put", "key": key, "inline_limit": INLINE_PUT_BYTES}, frames)
+        op = {"op": "put", "key": key, "inline_limit": INLINE_PUT_BYTES}
+        batched = self._batched
+        if nbytes > INLINE_PUT_BYTES and batched is not None and not self._in_loop_thread():
+            # wait while the connection's queue is full (GRAPHEXEC_MAX_PENDING_BYTES)
+            if not self._lost:
+                with contextlib.suppress(CommClosedError):
+                    self._run(batched.send_when_room(op, frames))
+        else:
+            self._send(op, frames)
         return ref
 
     # ------------------------------------------------------------------ results
@@ -717,6 +746,32 @@ class Client:
         except (asyncio.TimeoutError, TimeoutError) as err:
             waited = time.monotonic() - start
             raise GetTimeoutError(f"no answer to {op['op']!r} in {waited:.1f} s") from err
+
+
+def _graph_size_problem(tasks: list[dict[str, Any]], functions: dict[str, bytes]) -> str:
+    """Why one ``update-graph`` of ``tasks`` would be too large ('' if it is not); sized
+    as the scheduler sizes it (payloads, keys, dependency keys, functions)."""
+    split = (
+        "Submit the work in parts: get (or wait for) the refs of one part, then build "
+        "the next; or give each task more to do (a task per chunk of data, not per item)"
+    )
+    limit = framing.max_graph_tasks()
+    if len(tasks) > limit:
+        return (
+            f"cannot submit a graph of {len(tasks)} tasks at once: at most {limit} tasks "
+            f"go in one submission (GRAPHEXEC_MAX_GRAPH_TASKS). {split}."
+        )
+    nbytes = sum(len(k) + len(v) for k, v in functions.items())
+    for task in tasks:
+        nbytes += len(task["key"]) + len(task["payload"]) + sum(map(len, task["deps"]))
+    limit = framing.max_graph_bytes()
+    if nbytes > limit:
+        return (
+            f"cannot submit a graph of {nbytes} bytes (task arguments, keys and functions) "
+            f"at once: at most {limit} go in one submission (GRAPHEXEC_MAX_GRAPH_BYTES). "
+            f"Pass large arguments as refs from ge.put, not inline. {split}."
+        )
+    return ""
 
 
 def _lazy_refs_of(node: Any) -> list[Any]:

@@ -11,12 +11,19 @@ Limits protect a reader from a broken or hostile peer: a message has 1 to
 :data:`MAX_FRAME_BYTES`, overridable per ``listen`` / ``connect``). A reader that sees a
 violation raises ``ProtocolError``; the transport then drops that one connection.
 
+The limits of the layers above live here too, so that every process reads them alike:
+an ``update-graph`` holds at most :func:`max_graph_tasks` tasks and
+:func:`max_graph_bytes` bytes of task payloads, keys, dependency keys and functions (the
+client refuses to send more, the scheduler refuses to take more); environment variables
+override the defaults (see :func:`env_limit`).
+
 Writers coalesce the prefix, the header and small frames into one buffer (one syscall for
 the typical small message) and pass large frames through untouched (never copied).
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 
@@ -26,11 +33,16 @@ __all__ = [
     "COALESCE_BYTES",
     "MAX_FRAMES",
     "MAX_FRAME_BYTES",
+    "MAX_GRAPH_BYTES",
+    "MAX_GRAPH_TASKS",
     "PREFIX_BYTES",
     "as_byte_view",
     "check_lengths",
     "check_nframes",
     "encode",
+    "env_limit",
+    "max_graph_bytes",
+    "max_graph_tasks",
     "unpack_first",
     "unpack_lengths",
 ]
@@ -41,6 +53,10 @@ MAX_FRAME_BYTES = 2**31
 MAX_FRAMES = 10_000
 #: frames up to this size are copied into one write buffer with the prefix and header
 COALESCE_BYTES = 64 * 1024
+#: default upper bound for the tasks of one ``update-graph`` (``GRAPHEXEC_MAX_GRAPH_TASKS``)
+MAX_GRAPH_TASKS = 1_000_000
+#: default upper bound for the bytes of one ``update-graph`` (``GRAPHEXEC_MAX_GRAPH_BYTES``)
+MAX_GRAPH_BYTES = 2**30
 
 _FIRST = struct.Struct("<IQ")
 #: bytes a reader needs to learn the frame count and the header's length
@@ -144,3 +160,30 @@ def check_lengths(lengths: Sequence[int], *, max_frame_bytes: int = MAX_FRAME_BY
     for i, n in enumerate(lengths):
         if n > max_frame_bytes:
             raise ProtocolError(f"frame {i} of {n} bytes exceeds max_frame_bytes={max_frame_bytes}")
+
+
+def env_limit(name: str, default: int) -> int:
+    """The positive integer in environment variable ``name``; ``default`` if it is unset
+    or not a positive integer.
+
+    Examples
+    --------
+    >>> env_limit("GRAPHEXEC_NO_SUCH_LIMIT", 5)
+    5
+    """
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def max_graph_tasks() -> int:
+    """Tasks one ``update-graph`` may hold (``GRAPHEXEC_MAX_GRAPH_TASKS``)."""
+    return env_limit("GRAPHEXEC_MAX_GRAPH_TASKS", MAX_GRAPH_TASKS)
+
+
+def max_graph_bytes() -> int:
+    """Bytes of task payloads, keys, dependency keys and functions one ``update-graph``
+    may hold (``GRAPHEXEC_MAX_GRAPH_BYTES``)."""
+    return env_limit("GRAPHEXEC_MAX_GRAPH_BYTES", MAX_GRAPH_BYTES)

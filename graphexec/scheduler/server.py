@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from graphexec.comm import listen
+from graphexec.comm import framing, listen
 from graphexec.comm.batched import BatchedSend, split_frames
 from graphexec.comm.core import Comm, Listener
 from graphexec.comm.heartbeat import Silence
 from graphexec.errors import CommClosedError, ProtocolError
 from graphexec.scheduler.jobs import JobManager
-from graphexec.scheduler.state import SchedulerState, Send
+from graphexec.scheduler.state import GraphTooLargeError, SchedulerState, Send
 
 __all__ = ["Scheduler"]
 
@@ -324,9 +324,43 @@ class Scheduler:
     # ------------------------------------------------------------------ client ops
 
     def handle_update_graph(self, cid: str, op: dict[str, Any], _: list[Any]) -> list[Send]:
-        return self.state.handle_update_graph(
-            cid, op["tasks"], op.get("wants", ()), op.get("functions")
-        )
+        """A graph from a client, checked in full first (a bad one changes nothing).
+
+        Malformed: ``ValueError``, logged by ``_dispatch``. Over the limits (a client
+        checks them before sending, unless its environment sets others): refused, and
+        every key it wants fails with the reason, so the caller's ``get`` says why.
+        """
+        wants = op.get("wants", ())
+        try:
+            return self.state.handle_update_graph(
+                cid,
+                op["tasks"],
+                wants,
+                op.get("functions"),
+                max_tasks=framing.max_graph_tasks(),
+                max_bytes=framing.max_graph_bytes(),
+            )
+        except GraphTooLargeError as err:
+            logger.warning("refused a graph from client %s: %s", cid, err)
+            message = (
+                f"the scheduler refused this graph: {err} (GRAPHEXEC_MAX_GRAPH_TASKS and "
+                "GRAPHEXEC_MAX_GRAPH_BYTES where the scheduler runs); submit the work in "
+                "smaller parts"
+            )
+            error = {
+                "type": "GraphTooLargeError",
+                "message": message,
+                "traceback": "",
+                "pickled": None,
+                "function": "",
+            }
+            return [
+                Send(
+                    ("client", cid),
+                    {"op": "key-erred", "key": key, "exception": error, "origin": key},
+                )
+                for key in dict.fromkeys(wants)
+            ]
 
     def handle_put(self, cid: str, op: dict[str, Any], frames: list[Any]) -> list[Send]:
         if op.get("node"):  # written into that node's object store by the client itself

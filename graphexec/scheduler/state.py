@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
+import reprlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -56,7 +58,15 @@ from graphexec.scheduler.placement import (
     queue_allowance,
 )
 
-__all__ = ["ClientState", "NodeState", "SchedulerState", "Send", "TaskState", "WorkerState"]
+__all__ = [
+    "ClientState",
+    "GraphTooLargeError",
+    "NodeState",
+    "SchedulerState",
+    "Send",
+    "TaskState",
+    "WorkerState",
+]
 
 Dest = tuple[Literal["client", "worker", "node"], str]
 
@@ -67,6 +77,10 @@ class Send:
 
     dest: Dest
     msg: dict[str, Any]
+
+
+class GraphTooLargeError(ValueError):
+    """An ``update-graph`` over the size limits it was checked against (nothing changed)."""
 
 
 def _prefix_duration_update(old: float | None, new: float) -> float:
@@ -197,12 +211,34 @@ class SchedulerState:
         tasks: list[dict[str, Any]],
         wants: Iterable[str],
         functions: dict[str, bytes] | None = None,
+        *,
+        max_tasks: int | None = None,
+        max_bytes: int | None = None,
     ) -> list[Send]:
         """A client submits tasks (already culled, fused and ordered) and the keys it wants.
 
         Each task dict has ``key``, ``payload`` (opaque to the scheduler), ``deps``,
-        ``fid``, ``prefix``, ``priority``, ``demand``, ``retries``.
+        ``fids``, ``prefix``, ``priority``, ``demand``, ``retries``.
+
+        The whole message is checked before anything changes, so a bad one leaves no
+        trace: a malformed one raises ``ValueError``; one with more than ``max_tasks``
+        tasks, or more than ``max_bytes`` bytes of payloads, keys, dependency keys and
+        functions, raises :class:`GraphTooLargeError`.
         """
+        if not isinstance(tasks, list):
+            raise ValueError("malformed update-graph: 'tasks' must be a list")
+        if not isinstance(wants, list | tuple) or not all(isinstance(k, str) for k in wants):
+            raise ValueError("malformed update-graph: 'wants' must be a list of keys")
+        if max_tasks is not None and len(tasks) > max_tasks:
+            raise GraphTooLargeError(
+                f"{len(tasks)} tasks in one update-graph, over the limit of {max_tasks}"
+            )
+        nbytes = _update_graph_nbytes(tasks, functions)
+        if max_bytes is not None and nbytes > max_bytes:
+            raise GraphTooLargeError(
+                f"{nbytes} bytes of tasks and functions in one update-graph, over the "
+                f"limit of {max_bytes}"
+            )
         if functions:
             self.functions.update(functions)
         cs = self.clients.setdefault(client_id, ClientState(client_id))
@@ -819,6 +855,80 @@ class SchedulerState:
 
 def _has_copy(ts: TaskState) -> bool:
     return bool(ts.who_has or ts.store_nodes) or ts.inline is not None
+
+
+def _update_graph_nbytes(tasks: list[Any], functions: Any) -> int:
+    """Check every task spec and the functions of an ``update-graph``; return its size:
+    the bytes of the payloads, keys, dependency keys and functions.
+
+    Raises ``ValueError`` naming the first problem found.
+
+    >>> _update_graph_nbytes([{"key": "a", "payload": b"xy", "deps": ["b"]}], {"f": b"z"})
+    6
+    >>> _update_graph_nbytes([{"key": "a", "payload": b"", "deps": "b"}], None)
+    Traceback (most recent call last):
+    ...
+    ValueError: malformed update-graph: task 0 ('a'): 'deps' must be a list of keys
+    """
+    nbytes = 0
+    if functions is not None:
+        if not isinstance(functions, dict) or not all(
+            isinstance(k, str) and isinstance(v, bytes) for k, v in functions.items()
+        ):
+            raise ValueError("malformed update-graph: 'functions' must map ids to bytes")
+        nbytes += sum(len(k) + len(v) for k, v in functions.items())
+    for i, spec in enumerate(tasks):
+        if not isinstance(spec, dict):
+            raise ValueError(
+                f"malformed update-graph: task {i} is a {type(spec).__name__}, not a dict"
+            )
+        key: Any = spec.get("key")
+        payload: Any = spec.get("payload")
+        deps: Any = spec.get("deps", ())
+        retries = spec.get("retries", 3)
+        problem = ""
+        if not isinstance(key, str):
+            problem = "'key' must be a string"
+        elif not isinstance(payload, bytes):
+            problem = "'payload' must be bytes"
+        elif not _strings(deps):
+            problem = "'deps' must be a list of keys"
+        elif not _strings(spec.get("fids", ())):
+            problem = "'fids' must be a list of strings"
+        elif not isinstance(spec.get("prefix", ""), str):
+            problem = "'prefix' must be a string"
+        elif not _integer(spec.get("priority", 0)):
+            problem = "'priority' must be an integer"
+        elif not (_integer(retries) and retries >= -1):
+            problem = "'retries' must be an integer >= -1"
+        elif not _demand(spec.get("demand", _EMPTY_DEMAND)):
+            problem = "'demand' must map resource names to finite numbers >= 0"
+        if problem:
+            raise ValueError(f"malformed update-graph: task {i} ({reprlib.repr(key)}): {problem}")
+        nbytes += len(key) + len(payload) + sum(map(len, deps))
+    return nbytes
+
+
+_EMPTY_DEMAND: dict[str, float] = {}
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _demand(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and v >= 0
+        for k, v in value.items()
+    )
 
 
 def _error_dict(type_name: str, message: str) -> dict[str, Any]:

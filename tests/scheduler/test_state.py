@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from graphexec.errors import InvalidTransition
 from graphexec.scheduler import placement
-from graphexec.scheduler.state import SchedulerState, Send, TaskState
+from graphexec.scheduler.state import GraphTooLargeError, SchedulerState, Send, TaskState
 
 BIG = 10**7  # large enough that nobody would inline it
 
@@ -893,6 +893,121 @@ def test_validate_state_catches_broken_cross_references() -> None:
     sim.state.workers["w1"].processing.clear()
     with pytest.raises(AssertionError):
         sim.state.validate_state()
+
+
+# ------------------------------------------------------------------------------ malformed graphs
+
+
+def snapshot(state: SchedulerState) -> dict[str, Any]:
+    """Everything an ``update-graph`` may change, in comparable form."""
+    return {
+        "tasks": {
+            k: (ts.state, ts.payload, sorted(d.key for d in ts.dependencies))
+            for k, ts in state.tasks.items()
+        },
+        "functions": dict(state.functions),
+        "wants": {cid: sorted(ts.key for ts in cs.wants) for cid, cs in state.clients.items()},
+        "queued": {sig: len(heap) for sig, heap in state.queued.items()},
+        "processing": {w: sorted(ws.processing) for w, ws in state.workers.items()},
+    }
+
+
+MALFORMED: list[tuple[Any, Any, Any, str]] = [
+    # (tasks, wants, functions, what the error names)
+    ([spec("a"), {"payload": b""}], ["a"], {}, "'key'"),
+    ([spec("a"), {"key": "b"}], ["a"], {}, "'payload'"),
+    ([spec("a"), {**spec("b"), "payload": "text"}], ["a"], {}, "'payload'"),
+    ([spec("a"), {**spec("b"), "key": ["b"]}], ["a"], {}, "'key'"),
+    ([spec("a"), {**spec("b"), "deps": "a"}], ["b"], {}, "'deps'"),
+    ([spec("a"), {**spec("b"), "deps": [["a"]]}], ["b"], {}, "'deps'"),
+    ([spec("a"), {**spec("b"), "fids": [1]}], ["b"], {}, "'fids'"),
+    ([spec("a"), {**spec("b"), "prefix": 3}], ["b"], {}, "'prefix'"),
+    ([spec("a"), {**spec("b"), "priority": "high"}], ["b"], {}, "'priority'"),
+    ([spec("a"), {**spec("b"), "retries": None}], ["b"], {}, "'retries'"),
+    ([spec("a"), {**spec("b"), "retries": -2}], ["b"], {}, "'retries'"),
+    ([spec("a"), {**spec("b"), "demand": {"CPU": "1"}}], ["b"], {}, "'demand'"),
+    ([spec("a"), {**spec("b"), "demand": {"CPU": -1.0}}], ["b"], {}, "'demand'"),
+    ([spec("a"), {**spec("b"), "demand": {"CPU": float("nan")}}], ["b"], {}, "'demand'"),
+    ([spec("a"), {**spec("b"), "demand": [1.0]}], ["b"], {}, "'demand'"),
+    ([spec("a"), "b"], ["a"], {}, "not a dict"),
+    ({"a": spec("a")}, ["a"], {}, "'tasks'"),
+    ([spec("a")], [["a"]], {}, "'wants'"),
+    ([spec("a")], "a", {}, "'wants'"),
+    ([spec("a")], ["a"], {"f": "not bytes"}, "'functions'"),
+    ([spec("a")], ["a"], [("f", b"")], "'functions'"),
+]
+
+
+@pytest.mark.parametrize(("tasks", "wants", "functions", "names"), MALFORMED)
+def test_malformed_update_graph_leaves_no_trace(
+    tasks: Any, wants: Any, functions: Any, names: str
+) -> None:
+    """Regression (found by the wire fuzzer): a task spec with a missing or mistyped
+    field left a half-built task behind. Now the whole message is checked first."""
+    sim = one_worker()
+    sim.submit([spec("x")], wants=["x"])
+    before = snapshot(sim.state)
+    with pytest.raises(ValueError, match=f"malformed update-graph: .*{names}"):
+        sim.state.handle_update_graph("c", tasks, wants, functions)
+    sim.state.validate_state()
+    assert snapshot(sim.state) == before
+    # the same keys, well formed, still go through
+    sim.submit([spec("a"), spec("b", ["a"])], wants=["b"])
+    for key in ("x", "a", "b"):
+        sim.finish(key)
+    assert {m["key"] for m in msgs(sim.log, "key-in-memory")} == {"x", "b"}
+
+
+JUNK = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=4)
+    | st.binary(max_size=4)
+    | st.lists(st.integers() | st.text(max_size=2), max_size=2)
+    | st.dictionaries(st.text(max_size=3), st.floats() | st.text(max_size=2), max_size=2)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    field=st.sampled_from(
+        ["key", "payload", "deps", "fids", "prefix", "priority", "demand", "retries"]
+    ),
+    value=JUNK,
+    drop=st.booleans(),
+)
+def test_any_mistyped_field_is_taken_whole_or_refused_whole(
+    field: str, value: Any, drop: bool
+) -> None:
+    sim = one_worker()
+    sim.submit([spec("x")], wants=["x"])
+    bad = spec("b", ["a"])
+    if drop:
+        del bad[field]
+    else:
+        bad[field] = value
+    before = snapshot(sim.state)
+    try:
+        sim.state.handle_update_graph("c", [spec("a"), bad], ["a"], {})
+    except ValueError:
+        assert snapshot(sim.state) == before
+    sim.state.validate_state()
+
+
+def test_oversized_update_graph_is_refused_whole() -> None:
+    sim = one_worker()
+    before = snapshot(sim.state)
+    tasks = [spec("a"), spec("b", ["a"]), spec("c", ["b"])]
+    with pytest.raises(GraphTooLargeError, match=r"3 tasks in one update-graph.* limit of 2"):
+        sim.state.handle_update_graph("c", tasks, ["c"], {}, max_tasks=2)
+    functions = {"f": bytes(100)}
+    with pytest.raises(GraphTooLargeError, match=r"102 bytes .* limit of 101"):
+        sim.state.handle_update_graph("c", [spec("a")], ["a"], functions, max_bytes=101)
+    assert snapshot(sim.state) == before
+    sim.state.handle_update_graph("c", tasks, ["c"], functions, max_tasks=3, max_bytes=106)
+    assert sim.processing() == {"a"} and sim.state.functions == functions
 
 
 # ------------------------------------------------------------------------------ property
