@@ -83,15 +83,17 @@ def test_zombie_counts_as_exited() -> None:
 def test_children_of_a_preexisting_process_belong_to_it() -> None:
     # A long-lived parent (think: a module-scoped cluster) that spawns a child on request.
     script = "import subprocess, sys; sys.stdin.readline(); subprocess.run(['sleep', '30'])"
+    # children this process had already (zombies other tests left to reap) are not ours
+    baseline = leaks.children_snapshot()
     parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
     try:
         before = leaks.children_snapshot()
         assert parent.stdin is not None
         parent.stdin.write(b"go\n")
         parent.stdin.flush()
-        assert leaks.wait_until(lambda: len(leaks.children_snapshot()) == 2, timeout=10)
+        assert leaks.wait_until(lambda: len(leaks.children_snapshot() - baseline) == 2, timeout=10)
         assert leaks.new_processes(before) == []  # the grandchild is the parent's business
-        assert len(leaks.new_processes(set())) == 2
+        assert len(leaks.new_processes(baseline)) == 2
     finally:
         leaks.kill_processes(psutil.Process(parent.pid).children(recursive=True))
         parent.kill()
@@ -121,14 +123,15 @@ def test_orphaned_grandchild_is_adopted_and_seen() -> None:
 
 def test_grandchild_orphaned_by_the_kill_is_reaped() -> None:
     assert leaks.become_subreaper()
+    baseline = leaks.children_snapshot()  # what earlier tests left is not this test's
     script = "import subprocess; subprocess.run(['sleep', '30'])"
     parent = subprocess.Popen([sys.executable, "-c", script])
-    assert leaks.wait_until(lambda: len(leaks.children_snapshot()) == 2, timeout=10)
-    procs = leaks.new_processes(set())
+    assert leaks.wait_until(lambda: len(leaks.children_snapshot() - baseline) == 2, timeout=10)
+    procs = leaks.new_processes(baseline)
     assert leaks.kill_processes(procs) == []
     parent.wait(timeout=5)
     # The sleep was reparented onto us when its parent died, and reaped by the kill.
-    assert leaks.children_snapshot() == set()
+    assert leaks.children_snapshot() - baseline == set()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver")
