@@ -364,6 +364,14 @@ def test_infeasible_actor_stays_pending_and_says_why(cluster):
 def test_get_timeout_on_a_pending_actor_says_why(cluster):
     a = Counter.options(resources={"gizmo": 1}).remote()
     try:
+        # the scheduler's verdict reaches this process first (on a busy machine, the
+        # placement attempt can take longer than the 1 s get below)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            row = [r for r in ge.cluster_info()["actors"] if r["actor_id"] == a._actor_id]
+            if row and "gizmo" in row[0]["waiting"]:
+                break
+            time.sleep(0.05)
         with pytest.raises(GetTimeoutError) as info:
             ge.get(a.incr.remote(), timeout=1)
         assert "gizmo" in str(info.value), str(info.value)
