@@ -74,6 +74,9 @@ class Executor:
         self._running_cpus = 0.0
         self._running = 0
         self._idle = 0
+        #: runners woken or started for the queue head that have not taken it yet: while
+        #: one is on its way no other is woken (it wakes the next itself if more fit)
+        self._waking = 0
         self._threads: list[threading.Thread] = []
         self._closed = False
 
@@ -152,8 +155,9 @@ class Executor:
 
     def _wake_or_spawn(self) -> None:
         """Called with the lock held when the queue head may be admissible."""
-        if not self._admissible():
+        if not self._admissible() or self._waking:
             return
+        self._waking += 1
         if self._idle:
             self._idle -= 1  # claimed: the woken runner is no longer idle
             self._cond.notify()
@@ -164,11 +168,18 @@ class Executor:
             self._threads.append(thread)
             thread.start()
 
-    def _take(self) -> ExecItem | None:
-        """Wait for an admissible item (lock held); None when closed."""
+    def _take(self, fresh: bool = False) -> ExecItem | None:
+        """Wait for an admissible item (lock held); None when closed.
+
+        ``fresh``: the runner's first call, after ``_wake_or_spawn`` started it.
+        """
+        if fresh:
+            self._waking -= 1
         while not self._closed and not self._admissible():
             self._idle += 1
             self._cond.wait()
+            if self._waking:
+                self._waking -= 1  # the wake-up was for this runner
         if self._closed:
             return None
         item = self._queue.popleft()
@@ -187,11 +198,13 @@ class Executor:
 
     def _runner(self) -> None:
         item: ExecItem | None = None
+        fresh = True
         while True:
             with self._cond:
                 if item is not None:
                     self._release(item)
-                item = self._take()
+                item = self._take(fresh)
+                fresh = False
                 if item is None:
                     break
             _current.item = item

@@ -8,6 +8,7 @@ before its test ends (the harness fails tests that leak ``graphexec-*`` threads)
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -311,3 +312,20 @@ def test_close_from_a_runner_drops_queued_items_and_flushes_the_running_one(
     ex.close()
     assert done.keys == ["closing"]
     assert not ran.is_set()
+
+
+def test_back_to_back_submits_reuse_one_runner() -> None:
+    """A woken runner that has not taken its item yet must not make submit start another
+    thread (the soak benchmark found task workers at 289 threads)."""
+    done: list[ExecItem] = []
+    ex = Executor(1.0, done.extend)
+    try:
+        for i in range(2000):
+            ex.submit([ExecItem(f"k{i}", 1.0, lambda: None)])
+        deadline = time.monotonic() + 30
+        while len(done) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(done) == 2000
+        assert len(ex._threads) == 1
+    finally:
+        ex.close()
