@@ -44,12 +44,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from graphexec.actors.spin import read_soon
 from graphexec.client.refs import ObjectRef
 from graphexec.comm.blocking import BlockingComm, blocking_connect
 from graphexec.errors import CommClosedError, ProtocolError
@@ -72,25 +72,6 @@ LEADER_CHECK = 0.5
 #: a leading thread checks for a lost scheduler (and its timeout) this often
 LEAD_SLICE = 0.1
 
-
-def _spin_seconds() -> float:
-    """How long a leading thread polls before it sleeps (``_read_soon``).
-
-    ``GRAPHEXEC_ACTOR_SPIN_US`` (microseconds, default 200; 0 turns spinning off). Off
-    when this process may use only one CPU: spinning would take it from the actor.
-    """
-    try:
-        micros = float(os.environ.get("GRAPHEXEC_ACTOR_SPIN_US", "200"))
-    except ValueError:
-        micros = 200.0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0.0, micros) / 1e6 if (cpus or 1) > 1 else 0.0
-
-
-SPIN_SECONDS = _spin_seconds()
-#: after this many fruitless spins in a row a leader spins on one read in ``SPIN_PROBE``
-SPIN_MISSES = 4
-SPIN_PROBE = 16
 
 _escapes = threading.local()
 
@@ -577,7 +558,7 @@ class ActorCaller:
                 if step <= 0:
                     return
             try:
-                batch = self._read_soon(link, comm, step)
+                batch = read_soon(link, comm, step)
             except (CommClosedError, ProtocolError, OSError):
                 with client._lock:
                     if link.comm is comm:
@@ -585,24 +566,6 @@ class ActorCaller:
                 return
             if batch:
                 self._process(link, batch)
-
-    @staticmethod
-    def _read_soon(link: _ActorLink, comm: BlockingComm, timeout: float) -> list[Any]:
-        """The next batch, or ``[]`` after ``timeout``; spins first while that pays.
-
-        The leader polls without sleeping for ``SPIN_SECONDS`` before it blocks: on a
-        small virtual machine waking a blocked thread costs more than a short call
-        (docs/design/actors.md). After ``SPIN_MISSES`` spins in a row that ended without
-        an answer (a slow actor) it only tries one read in ``SPIN_PROBE``.
-        """
-        batch: list[Any] = []
-        link.reads += 1
-        if SPIN_SECONDS and (link.spin_misses < SPIN_MISSES or link.reads % SPIN_PROBE == 0):
-            until = time.perf_counter() + SPIN_SECONDS
-            while not batch and time.perf_counter() < until:
-                batch = comm.read_batch(timeout=0)
-            link.spin_misses = 0 if batch else link.spin_misses + 1
-        return batch or comm.read_batch(timeout=timeout)
 
     def urge(self, keys: list[str]) -> None:
         """Someone waits on ``keys`` without reading: their links' readers read at once."""

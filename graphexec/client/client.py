@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from graphexec import errors
 from graphexec._context import notify_blocked
 from graphexec.client.refs import LazyRef, ObjectRef
+from graphexec.client.waiters import _Waiter
 from graphexec.comm import connect, framing
 from graphexec.comm.batched import BatchedSend, ConnectionPool, split_frames
 from graphexec.comm.core import Comm
@@ -62,46 +63,6 @@ class _KeyResult:
         self.exception: dict[str, Any] | None = None
         self.origin = ""
         self.nbytes = 0
-
-
-class _Signal:
-    """A one-shot event made of one lock (a ``threading.Event`` costs a condition)."""
-
-    __slots__ = ("_lock", "_set")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self._set = False
-
-    def set(self) -> None:
-        if not self._set:
-            self._set = True
-            with contextlib.suppress(RuntimeError):  # set twice at once: already released
-                self._lock.release()
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if not self._set:
-            if timeout is None:
-                self._lock.acquire()
-            else:
-                self._lock.acquire(timeout=max(0.0, timeout))
-        return self._set
-
-
-class _Waiter:
-    """Wakes a user thread (or calls ``callback``) once ``target`` of its keys are done."""
-
-    __slots__ = ("remaining", "event", "order", "callback")
-
-    def __init__(self, remaining: int, callback: Callable[[], None] | None = None) -> None:
-        self.remaining = remaining
-        self.event = _Signal()
-        self.order: list[str] = []
-        self.callback = callback
 
 
 class Client:
