@@ -53,7 +53,7 @@ demo: $(VENV)/.stamp-base
 	$(PY) -m graphexec demo
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest tests --doctest-modules graphexec/graph -q
+	$(PY) -m pytest tests --doctest-modules graphexec/graph graphexec/scheduler/messages.py -q
 
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check $(LINT_PATHS)

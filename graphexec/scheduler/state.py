@@ -24,21 +24,17 @@ needs it; then its data is freed on workers, and a task nobody refers to is forg
 Small results (at most the inline limit) travel inline: the scheduler keeps their bytes
 and pushes them to the clients that want them. Large results stay on their worker; the
 scheduler only records who has them.
-Size: over 900 lines, on purpose. Read-only questions and ``validate_state`` live in
-``queries.py`` and actors in ``actors.py``; what is left is the transitions and the
+Size: a little over 800 lines, on purpose. Read-only questions and ``validate_state``
+live in ``queries.py``, actors in ``actors.py``, and the checks an ``update-graph`` passes
+before it may change anything in ``messages.py``; what is left is the transitions and the
 private helpers they share (``_fail``, ``_maybe_release``, ``_schedule``), which keep the
-invariants together, plus the checks an ``update-graph`` passes before it may change
-anything (``_update_graph_nbytes``, about 90 lines at the end: the next piece to move out,
-to a ``messages.py``, if this grows). Splitting the transitions across modules would
-scatter one state machine.
+invariants together. Splitting those across modules would scatter one state machine.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import math
-import reprlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,6 +51,7 @@ from graphexec.scheduler.entities import (
     TaskState,
     WorkerState,
 )
+from graphexec.scheduler.messages import update_graph_nbytes
 from graphexec.scheduler.placement import (
     choose_worker,
     feasible_on,
@@ -236,7 +233,7 @@ class SchedulerState:
             raise GraphTooLargeError(
                 f"{len(tasks)} tasks in one update-graph, over the limit of {max_tasks}"
             )
-        nbytes = _update_graph_nbytes(tasks, functions)
+        nbytes = update_graph_nbytes(tasks, functions)
         if max_bytes is not None and nbytes > max_bytes:
             raise GraphTooLargeError(
                 f"{nbytes} bytes of tasks and functions in one update-graph, over the "
@@ -858,80 +855,6 @@ class SchedulerState:
 
 def _has_copy(ts: TaskState) -> bool:
     return bool(ts.who_has or ts.store_nodes) or ts.inline is not None
-
-
-def _update_graph_nbytes(tasks: list[Any], functions: Any) -> int:
-    """Check every task spec and the functions of an ``update-graph``; return its size:
-    the bytes of the payloads, keys, dependency keys and functions.
-
-    Raises ``ValueError`` naming the first problem found.
-
-    >>> _update_graph_nbytes([{"key": "a", "payload": b"xy", "deps": ["b"]}], {"f": b"z"})
-    6
-    >>> _update_graph_nbytes([{"key": "a", "payload": b"", "deps": "b"}], None)
-    Traceback (most recent call last):
-    ...
-    ValueError: malformed update-graph: task 0 ('a'): 'deps' must be a list of keys
-    """
-    nbytes = 0
-    if functions is not None:
-        if not isinstance(functions, dict) or not all(
-            isinstance(k, str) and isinstance(v, bytes) for k, v in functions.items()
-        ):
-            raise ValueError("malformed update-graph: 'functions' must map ids to bytes")
-        nbytes += sum(len(k) + len(v) for k, v in functions.items())
-    for i, spec in enumerate(tasks):
-        if not isinstance(spec, dict):
-            raise ValueError(
-                f"malformed update-graph: task {i} is a {type(spec).__name__}, not a dict"
-            )
-        key: Any = spec.get("key")
-        payload: Any = spec.get("payload")
-        deps: Any = spec.get("deps", ())
-        retries = spec.get("retries", 3)
-        problem = ""
-        if not isinstance(key, str):
-            problem = "'key' must be a string"
-        elif not isinstance(payload, bytes):
-            problem = "'payload' must be bytes"
-        elif not _strings(deps):
-            problem = "'deps' must be a list of keys"
-        elif not _strings(spec.get("fids", ())):
-            problem = "'fids' must be a list of strings"
-        elif not isinstance(spec.get("prefix", ""), str):
-            problem = "'prefix' must be a string"
-        elif not _integer(spec.get("priority", 0)):
-            problem = "'priority' must be an integer"
-        elif not (_integer(retries) and retries >= -1):
-            problem = "'retries' must be an integer >= -1"
-        elif not _demand(spec.get("demand", _EMPTY_DEMAND)):
-            problem = "'demand' must map resource names to finite numbers >= 0"
-        if problem:
-            raise ValueError(f"malformed update-graph: task {i} ({reprlib.repr(key)}): {problem}")
-        nbytes += len(key) + len(payload) + sum(map(len, deps))
-    return nbytes
-
-
-_EMPTY_DEMAND: dict[str, float] = {}
-
-
-def _strings(value: Any) -> bool:
-    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _demand(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str)
-        and isinstance(v, int | float)
-        and not isinstance(v, bool)
-        and math.isfinite(v)
-        and v >= 0
-        for k, v in value.items()
-    )
 
 
 def _error_dict(type_name: str, message: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from graphexec.store.paths import (
     store_root,
 )
 
-__all__ = ["MultiNodeCluster"]
+__all__ = ["MultiNodeCluster", "recorded_pids", "with_children"]
 
 MB = 1024 * 1024
 
@@ -285,3 +285,35 @@ class MultiNodeCluster:
             for path in glob.glob(os.path.join(root, f"{SPILL_PREFIX}{name}-*")):
                 if os.path.isdir(path) and not owner_alive(path):
                     shutil.rmtree(path, ignore_errors=True)
+
+
+def recorded_pids(home: str) -> list[int]:
+    """Pids that ``graphexec start`` recorded under ``home`` (its ``GRAPHEXEC_HOME``)."""
+    import json
+
+    paths = [os.path.join(home, "head.json")]
+    paths += sorted(glob.glob(os.path.join(home, "nodes", "*.json")))
+    pids: list[int] = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if "scheduler" in data:  # head.json: the scheduler and the head's node
+            pids += [data["scheduler"]["pid"], data["node"]["pid"]]
+        else:
+            pids.append(data["pid"])
+    return pids
+
+
+def with_children(pids: list[int]) -> list[psutil.Process]:
+    """The processes ``pids`` and all their descendants, as they are now."""
+    procs: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs += [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return procs

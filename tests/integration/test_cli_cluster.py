@@ -14,10 +14,10 @@ import subprocess
 import sys
 import textwrap
 
-import psutil
 import pytest
 
 from graphexec.testing import leaks
+from graphexec.testing.procs import recorded_pids, with_children
 
 pytestmark = pytest.mark.allow_leaks("threads")
 
@@ -35,44 +35,19 @@ def graphexec(home: str, *args: str, timeout: float = 120, env: dict | None = No
     )
 
 
-def _recorded_pids(home: str) -> list[int]:
-    pids = []
-    head = os.path.join(home, "head.json")
-    if os.path.exists(head):
-        with open(head) as f:
-            data = json.load(f)
-        pids += [data["scheduler"]["pid"], data["node"]["pid"]]
-    nodes = os.path.join(home, "nodes")
-    for name in os.listdir(nodes) if os.path.isdir(nodes) else []:
-        with open(os.path.join(nodes, name)) as f:
-            pids.append(json.load(f)["pid"])
-    return pids
-
-
 @pytest.fixture
 def home(tmp_path):
     path = str(tmp_path / "gh")
     try:
         yield path
     finally:
-        procs = _with_children(_recorded_pids(path))
+        procs = with_children(recorded_pids(path))
         graphexec(path, "stop")
         alive = leaks.wait_for_exit(procs, timeout=15)
         for proc in alive:  # only if stop failed: the test then fails below
             proc.send_signal(signal.SIGKILL)
         leaks.reap_adopted(procs)  # they were detached; as a subreaper we adopted them
         assert not alive, f"graphexec stop left {alive}"
-
-
-def _with_children(pids: list[int]) -> list[psutil.Process]:
-    procs: list[psutil.Process] = []
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            procs += [proc, *proc.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    return procs
 
 
 def _start_head(home: str, *extra: str) -> str:
@@ -160,9 +135,9 @@ def test_head_join_status_jobs_and_stop(home, tmp_path):
     listing = graphexec(home, "job", "list").stdout
     assert "sq" in listing and "sleeper" in listing
 
-    pids = _recorded_pids(home)
+    pids = recorded_pids(home)
     assert len(pids) == 3
-    procs = _with_children(pids)
+    procs = with_children(pids)
     stopped = graphexec(home, "stop")
     assert stopped.returncode == 0 and "stopped the head" in stopped.stdout
     assert leaks.wait_for_exit(procs, timeout=1) == []  # stop returns once they are gone

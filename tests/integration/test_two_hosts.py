@@ -19,10 +19,10 @@ import sys
 import textwrap
 import uuid
 
-import psutil
 import pytest
 
 from graphexec.testing import leaks
+from graphexec.testing.procs import recorded_pids, with_children
 
 pytestmark = pytest.mark.allow_leaks("threads")
 
@@ -73,13 +73,7 @@ def hosts(tmp_path):
                 pytest.skip(f"cannot build the two-host network: ip {' '.join(step)}: {out.stderr}")
         yield {"ns": ns, "ip_a": ip_a, "ip_b": ip_b, "home_a": home_a, "home_b": home_b}
     finally:
-        procs = []
-        for pid in _recorded(home_a) + _recorded(home_b):
-            try:
-                procs.append(psutil.Process(pid))
-                procs += psutil.Process(pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                pass
+        procs = with_children(recorded_pids(home_a) + recorded_pids(home_b))
         _cli(home_b, "stop", ns=ns)
         _cli(home_a, "stop")
         alive = leaks.wait_for_exit(procs, timeout=15)
@@ -89,20 +83,6 @@ def hosts(tmp_path):
         _ip("link", "del", veth_a)
         _ip("netns", "del", ns)
         assert not alive, f"graphexec stop left {alive}"
-
-
-def _recorded(home: str) -> list[int]:
-    pids: list[int] = []
-    head = os.path.join(home, "head.json")
-    if os.path.exists(head):
-        with open(head) as f:
-            data = json.load(f)
-        pids += [data["scheduler"]["pid"], data["node"]["pid"]]
-    nodes = os.path.join(home, "nodes")
-    for name in os.listdir(nodes) if os.path.isdir(nodes) else []:
-        with open(os.path.join(nodes, name)) as f:
-            pids.append(json.load(f)["pid"])
-    return pids
 
 
 def _cli(home: str, *args: str, ns: str = "", timeout: float = 120):
